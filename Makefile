@@ -1,0 +1,44 @@
+# The two commands: `make run` (the whole stack locally) and `make test` (the suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sluice-installed
+PROTOS := $(wildcard protos/*/v1/*.proto)
+
+.PHONY: run test model protos lint bench clean
+
+run: model
+	$(PY) -m services.cli up
+
+test: model
+	SLUICE_TEST_PG_DSN="$$(scripts/ensure_postgres.sh)" $(PY) -m pytest -q
+
+model: protos
+	$(PY) -m services.cli model export
+
+protos: services/pb/.generated
+
+bench: model
+	$(PY) -m bench.run
+
+lint: protos
+	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/ruff format --check services tests bench
+	$(VENV)/bin/mypy services
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,export]'
+	touch $@
+
+# Stubs are generated once into one importable package, services.pb (git-ignored).
+services/pb/.generated: $(PROTOS) $(STAMP)
+	rm -rf services/pb
+	$(PY) -m grpc_tools.protoc -Iservices/pb=protos --python_out=. --pyi_out=. \
+		--grpc_python_out=. $(PROTOS)
+	find services/pb -type d -exec touch {}/__init__.py \;
+	touch $@
+
+clean:
+	rm -rf services/pb $(VENV)

@@ -1,0 +1,1 @@
+"""The auth service: organizations, API keys and principals."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the auth schema (version table `alembic_version_auth`)."""

@@ -1,0 +1,1 @@
+"""Auth schema revisions, applied in order by Alembic."""

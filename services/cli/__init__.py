@@ -1,0 +1,1 @@
+"""The `sluice` command line: run the stack, manage keys, read usage, export models."""

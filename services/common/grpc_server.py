@@ -1,0 +1,166 @@
+"""Running a gRPC service: one error boundary, health checking, graceful stop.
+
+Every service's `main()` builds its servicers and calls `serve()`. Domain code raises
+`SluiceError`s; `ErrorInterceptor` is the single place they become gRPC statuses, with the
+OpenAI-style `code` and `param` carried in trailing metadata so the edge can show them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common.errors import SluiceError
+
+log = logging.getLogger(__name__)
+
+ERROR_CODE_KEY = "sluice-error-code"
+ERROR_PARAM_KEY = "sluice-error-param"
+RETRY_AFTER_KEY = "sluice-retry-after"
+GRACE_S = 5.0
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, SluiceError):
+        metadata: list[tuple[str, str]] = []
+        if exc.code:
+            metadata.append((ERROR_CODE_KEY, exc.code))
+        if exc.param:
+            metadata.append((ERROR_PARAM_KEY, exc.param))
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            metadata.append((RETRY_AFTER_KEY, str(retry_after)))
+        context.set_trailing_metadata(tuple(metadata))
+        await context.abort(exc.grpc_status, exc.message)
+    log.exception("unhandled error in RPC", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - this is the boundary
+            await _abort(context, exc)
+
+    return wrapper
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - this is the boundary
+            await _abort(context, exc)
+
+    return wrapper
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps domain exceptions to gRPC status codes for every method of the server."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+@dataclass
+class RunningServer:
+    """A started server, its health servicer and the port it is bound to."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+
+
+async def start_server(
+    addr: str,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+) -> RunningServer:
+    """Builds, binds and starts a server reporting SERVING; `serve()` and in-process tests use it.
+
+    `addr` may end in `:0`; the bound port is returned in `RunningServer.port`.
+    """
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ],
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(addr)
+    if port == 0:
+        raise RuntimeError(f"cannot bind {addr}")
+    await server.start()
+    for name in (*service_names, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server=server, health=health_servicer, port=port)
+
+
+async def stop_server(running: RunningServer, grace_s: float = GRACE_S) -> None:
+    """Reports NOT_SERVING, then stops, giving in-flight calls `grace_s` seconds."""
+    await running.health.enter_graceful_shutdown()
+    await running.server.stop(grace_s)
+
+
+async def serve(
+    addr: str,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    *,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serves until SIGINT/SIGTERM, then stops with a grace period for in-flight calls."""
+    running = await start_server(addr, register, service_names)
+    log.info("serving %s on %s", ", ".join(service_names), addr)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping %s (grace %.0fs)", ", ".join(service_names), GRACE_S)
+    await stop_server(running)
+    if on_stop is not None:
+        await on_stop()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

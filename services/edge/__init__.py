@@ -1,0 +1,1 @@
+"""The HTTP edge: OpenAI JSON and SSE in, internal gRPC out."""

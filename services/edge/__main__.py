@@ -1,0 +1,5 @@
+"""Run the edge: `python -m services.edge`."""
+
+from services.edge.main import main
+
+main()

@@ -1,0 +1,62 @@
+"""The edge application factory: routes, the error table and the backend clients' lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.common.settings import Settings
+from services.edge.backends import Backends
+from services.edge.errors import APIError, error_response
+from services.edge.routes import ROUTES
+
+log = logging.getLogger(__name__)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        msg = f"Unknown request URL: {request.method} {request.url.path}."
+        return error_response(APIError(404, msg, code="unknown_url"))
+    if exc.status_code == 405:
+        msg = f"Method {request.method} is not allowed for {request.url.path}."
+        return error_response(APIError(405, msg, code="method_not_allowed"))
+    return error_response(APIError(exc.status_code, str(exc.detail)))
+
+
+async def _unhandled(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return error_response(
+        APIError(500, "The server had an error while processing your request.", type="server_error")
+    )
+
+
+def create_app(settings: Settings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.backends = Backends(settings)
+        try:
+            yield
+        finally:
+            await app.state.backends.close()
+
+    return Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={
+            APIError: _api_error,
+            HTTPException: _http_error,
+            Exception: _unhandled,
+        },
+    )

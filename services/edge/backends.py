@@ -1,0 +1,67 @@
+"""The edge's gRPC clients to auth, metering and engine, opened in the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from services.common.settings import Settings
+from services.pb.auth.v1 import auth_pb2_grpc
+from services.pb.engine.v1 import engine_pb2, engine_pb2_grpc
+from services.pb.metering.v1 import metering_pb2_grpc
+
+# Model resolutions change only when an operator deploys another export; a few seconds of caching
+# saves a round trip per request without hiding a redeploy for long.
+MODEL_CACHE_TTL_S = 5.0
+# Short deadlines for governance calls: a slow dependency must fail the request, not hang it.
+CONTROL_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Backends:
+    settings: Settings
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+    _models: dict[str, tuple[float, engine_pb2.ModelInfo]] = field(default_factory=dict)
+    # Settlements in flight, referenced so they are not garbage-collected mid-way and so that
+    # shutdown can wait for them.
+    pending: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        auth = self._channel(self.settings.auth_addr)
+        metering = self._channel(self.settings.metering_addr)
+        engine = self._channel(self.settings.engine_addr)
+        self.auth = auth_pb2_grpc.AuthServiceStub(auth)
+        self.metering = metering_pb2_grpc.MeteringServiceStub(metering)
+        self.engine = engine_pb2_grpc.EngineServiceStub(engine)
+
+    def _channel(self, addr: str) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(
+            addr,
+            options=[
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                # Several engine replicas behind one DNS name share the load.
+                ("grpc.lb_policy_name", "round_robin"),
+            ],
+        )
+        self.channels.append(channel)
+        return channel
+
+    async def resolve_model(self, name: str) -> engine_pb2.ModelInfo:
+        now = time.monotonic()
+        cached = self._models.get(name)
+        if cached and now - cached[0] < MODEL_CACHE_TTL_S:
+            return cached[1]
+        info = await self.engine.ResolveModel(
+            engine_pb2.ResolveModelRequest(model=name), timeout=CONTROL_TIMEOUT_S
+        )
+        self._models[name] = (now, info)
+        return info
+
+    async def close(self) -> None:
+        if self.pending:
+            await asyncio.gather(*list(self.pending), return_exceptions=True)
+        for channel in self.channels:
+            await channel.close()

@@ -1,0 +1,111 @@
+"""The edge's one error boundary: every failure becomes OpenAI's error JSON with the right status.
+
+Internal services report failures as gRPC statuses (plus an OpenAI-style code in trailing
+metadata); `from_grpc` turns them into `APIError`s, and `error_response` renders any `APIError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+
+from services.common.grpc_server import ERROR_CODE_KEY, ERROR_PARAM_KEY, RETRY_AFTER_KEY
+from services.edge.protocol import UnsupportedField
+
+# gRPC status -> (HTTP status, OpenAI error type). The official SDK raises a distinct exception
+# class per HTTP status, so these statuses are part of our API.
+_GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "invalid_request_error"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_denied"),
+    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error"),
+    grpc.StatusCode.ALREADY_EXISTS: (409, "invalid_request_error"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_exceeded"),
+    grpc.StatusCode.CANCELLED: (499, "cancelled"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
+    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
+}
+
+
+class APIError(Exception):
+    """An error the client sees, in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def from_validation(exc: ValidationError) -> APIError:
+    """The first validation problem, as a 400 naming the offending parameter."""
+    err = exc.errors()[0]
+    original = (err.get("ctx") or {}).get("error")
+    if isinstance(original, UnsupportedField):
+        return APIError(400, original.message, param=original.param, code="unsupported_parameter")
+    loc = [str(p) for p in err.get("loc", ())]
+    param = ".".join(loc) if loc else None
+    msg = err.get("msg", "invalid request")
+    if err.get("type") == "missing":
+        return APIError(
+            400,
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
+    return APIError(400, f"Invalid value for '{param}': {msg}", param=param, code="invalid_value")
+
+
+def from_grpc(exc: grpc.aio.AioRpcError, service: str) -> APIError:
+    status, err_type = _GRPC_TO_HTTP.get(exc.code(), (500, "server_error"))
+    trailing = dict(exc.trailing_metadata() or ())
+    code = trailing.get(ERROR_CODE_KEY) or None
+    param = trailing.get(ERROR_PARAM_KEY) or None
+    message = exc.details() or f"{service} failed"
+    headers: dict[str, str] = {}
+    if retry := trailing.get(RETRY_AFTER_KEY):
+        headers["retry-after"] = str(retry)
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        # A dependency is down: fail closed with a clear message rather than serve ungoverned.
+        message = f"The {service} service is unavailable; try again shortly."
+        headers.setdefault("retry-after", "1")
+    elif status == 500:
+        message = f"The {service} service had an internal error."
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED and code is None:
+        code = "invalid_api_key"
+    if exc.code() == grpc.StatusCode.NOT_FOUND and code is None:
+        code = "model_not_found" if service == "engine" else "not_found"
+    if status == 429 and code in ("insufficient_quota",):
+        err_type = "insufficient_quota"
+    return APIError(status, message, type=err_type, code=code, param=param, headers=headers)

@@ -1,0 +1,28 @@
+"""Entry point of the edge process: `python -m services.edge`."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from services.common.grpc_server import configure_logging
+from services.common.settings import Settings
+from services.edge.app import create_app
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.edge_host,
+        port=settings.edge_port,
+        log_level=settings.log_level.lower(),
+        # Many short requests per connection from SDK clients: keep connections around.
+        timeout_keep_alive=30,
+        access_log=False,
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

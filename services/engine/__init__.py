@@ -1,0 +1,1 @@
+"""The engine: model registry, scheduler and ONNX Runtime decoder behind the `Generate` stream."""

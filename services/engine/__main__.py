@@ -1,0 +1,5 @@
+"""Run the engine: `python -m services.engine`."""
+
+from services.engine.main import main
+
+main()

@@ -1,0 +1,73 @@
+"""Entry point of the engine process: `python -m services.engine`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import onnxruntime as ort
+
+from services.common.grpc_server import configure_logging, serve
+from services.common.settings import Settings
+from services.engine.generation import Generator, HostedModel
+from services.engine.registry import ModelRegistry, choose_variant, load_entry
+from services.engine.runtime import DecoderRuntime
+from services.engine.scheduler import Scheduler
+from services.engine.servicer import EngineServicer
+from services.engine.text import TextCodec
+from services.pb.engine.v1 import engine_pb2_grpc
+
+log = logging.getLogger("services.engine")
+
+MODEL_NAME = "smollm2-135m-instruct"
+
+
+def load_models(settings: Settings) -> Generator:
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    model_dir = settings.models_dir / MODEL_NAME
+    variant = choose_variant(model_dir, settings.model_variant, cuda)
+    if variant is None:
+        raise SystemExit(
+            f"no exported model under {model_dir} (variant {settings.model_variant}); "
+            "run `sluice model export` or `make model`"
+        )
+    entry = load_entry(model_dir / variant, settings.engine_max_context)
+    log.info("model %s variant %s digest %s", entry.name, entry.variant, entry.digest)
+    runtime = DecoderRuntime(
+        entry.folder,
+        max_batch=settings.engine_max_batch,
+        max_len=entry.context_length,
+        threads=settings.engine_threads,
+    )
+    codec = TextCodec.from_folder(entry.folder)
+    scheduler = Scheduler(runtime, codec.tokenizer, max_queue=settings.engine_max_queue)
+    hosted = HostedModel(entry, codec, scheduler, runtime.provider)
+    return Generator(
+        ModelRegistry([entry]), {entry.name: hosted}, settings.engine_default_max_tokens
+    )
+
+
+async def _serve(settings: Settings) -> None:
+    generator = load_models(settings)
+    for model in generator.models.values():
+        model.scheduler.start()
+
+    async def on_stop() -> None:
+        for model in generator.models.values():
+            model.scheduler.stop()
+
+    def register(server: grpc.aio.Server) -> None:
+        engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(generator), server)
+
+    await serve(settings.engine_addr, register, ["sluice.engine.v1.EngineService"], on_stop=on_stop)
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    asyncio.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    main()

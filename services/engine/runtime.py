@@ -1,0 +1,154 @@
+"""The exported decoder on plain ONNX Runtime: one session, preallocated KV, IO binding.
+
+The KV cache is one buffer per layer and kind, shaped `[max_batch, kv_heads, max_len, head_dim]`:
+row `i` belongs to batch slot `i`. The graph's GroupQueryAttention shares past and present
+buffers (`past_present_share_buffer`), so binding the same memory as input and output makes each
+step write its new keys and values in place: no KV is ever copied. Each row's length comes from
+its attention-mask row, so rows of different lengths decode together (right padding), and a free
+slot inside the batch is harmless (it decodes a dummy token at position 0 of its own row).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What the runtime needs from `genai_config.json`."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    context_length: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    key_name: str
+    value_name: str
+    present_key_name: str
+    present_value_name: str
+    filename: str
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> GraphSpec:
+        config = json.loads((folder / "genai_config.json").read_text())
+        model = config["model"]
+        dec = model["decoder"]
+        eos = model["eos_token_id"]
+        return cls(
+            num_layers=int(dec["num_hidden_layers"]),
+            kv_heads=int(dec["num_key_value_heads"]),
+            head_dim=int(dec["head_size"]),
+            vocab_size=int(model["vocab_size"]),
+            context_length=int(model["context_length"]),
+            eos_token_ids=tuple(eos) if isinstance(eos, list) else (int(eos),),
+            pad_token_id=int(model.get("pad_token_id", 0)),
+            key_name=dec["inputs"]["past_key_names"],
+            value_name=dec["inputs"]["past_value_names"],
+            present_key_name=dec["outputs"]["present_key_names"],
+            present_value_name=dec["outputs"]["present_value_names"],
+            filename=dec["filename"],
+        )
+
+
+def choose_providers(prefer_cuda: bool = True) -> list[str]:
+    available = ort.get_available_providers()
+    if prefer_cuda and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class DecoderRuntime:
+    """Runs prefill and batched decode steps over slots of a preallocated KV cache (CPU)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        max_batch: int,
+        max_len: int,
+        threads: int = 0,
+        providers: list[str] | None = None,
+    ) -> None:
+        self.spec = GraphSpec.from_folder(folder)
+        self.max_batch = max_batch
+        self.max_len = min(max_len, self.spec.context_length)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        # Shapes change every step (mask width, batch); memory patterns would be rebuilt each
+        # time for nothing.
+        opts.enable_mem_pattern = False
+        providers = providers or choose_providers()
+        self.session = ort.InferenceSession(
+            str(folder / self.spec.filename), sess_options=opts, providers=providers
+        )
+        self.provider = self.session.get_providers()[0]
+        if self.provider != "CPUExecutionProvider":
+            # Device KV buffers are not wired yet: refuse rather than run a silent half path.
+            raise RuntimeError(f"{self.provider} runtime is not supported by this engine build")
+        log.info(
+            "execution provider: %s (available: %s)",
+            self.provider,
+            ", ".join(ort.get_available_providers()),
+        )
+        shape = (max_batch, self.spec.kv_heads, self.max_len, self.spec.head_dim)
+        # np.zeros maps pages lazily: memory is committed only as sequences grow into it.
+        self.keys = [np.zeros(shape, np.float32) for _ in range(self.spec.num_layers)]
+        self.values = [np.zeros(shape, np.float32) for _ in range(self.spec.num_layers)]
+        self.row_shape = shape[1:]
+        self._decode_logits = np.zeros((max_batch, 1, self.spec.vocab_size), np.float32)
+
+    def _bind_kv(self, binding: ort.IOBinding, start: int, rows: int) -> None:
+        shape = [rows, *self.row_shape]
+        for layer in range(self.spec.num_layers):
+            for names, buffers in (
+                ((self.spec.key_name, self.spec.present_key_name), self.keys),
+                ((self.spec.value_name, self.spec.present_value_name), self.values),
+            ):
+                view = buffers[layer][start : start + rows]
+                ptr = view.ctypes.data
+                binding.bind_input(names[0] % layer, "cpu", 0, np.float32, shape, ptr)
+                binding.bind_output(names[1] % layer, "cpu", 0, np.float32, shape, ptr)
+
+    def prefill(self, slot: int, tokens: np.ndarray) -> np.ndarray:
+        """Runs a whole prompt into an empty slot; returns the logits of its last position."""
+        ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(1, -1)
+        mask = np.ones_like(ids)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        self._bind_kv(binding, slot, 1)
+        logits = np.empty((1, ids.shape[1], self.spec.vocab_size), np.float32)
+        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return logits[0, -1]
+
+    def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """One decode step for slots `0..len(tokens)-1`.
+
+        `lengths[i]` is how many positions row i already holds; its new token goes at that
+        position. Returns logits `[rows, vocab]` (a view, valid until the next call).
+        """
+        rows = int(tokens.shape[0])
+        width = int(lengths.max()) + 1
+        ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(rows, 1)
+        mask = (np.arange(width)[None, :] <= lengths[:, None]).astype(np.int64)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        self._bind_kv(binding, 0, rows)
+        out = self._decode_logits[:rows]
+        binding.bind_output("logits", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return out[:, 0, :]

@@ -1,0 +1,1 @@
+"""The metering service: admission, settlement and the usage ledger."""

@@ -1,0 +1,1 @@
+"""Metering schema revisions, applied in order by Alembic."""

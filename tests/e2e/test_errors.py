@@ -1,0 +1,139 @@
+"""Bad input gets OpenAI's error shape with the right status, and leaves the stack healthy."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import Stack
+from tests.e2e.test_chat import FRANCE, MODEL
+
+
+def test_wrong_key_is_401(stack: Stack) -> None:
+    client = stack.client("sk-sluice-notarealkey")
+    with pytest.raises(openai.AuthenticationError) as err:
+        client.chat.completions.create(model=MODEL, messages=FRANCE)
+    assert err.value.status_code == 401
+    assert err.value.code == "invalid_api_key"
+    assert "sk-sluice-notarealkey" not in str(err.value.body)
+
+
+def test_missing_key_is_401(stack: Stack) -> None:
+    resp = httpx.post(
+        f"{stack.base_url}/chat/completions", json={"model": MODEL, "messages": FRANCE}
+    )
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_revoked_key_is_401(stack: Stack) -> None:
+    key = stack.new_key("revokers", "short-lived")
+    client = stack.client(key)
+    client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=1)
+    listing = stack.cli("keys", "list", "--org", "revokers").stdout
+    key_id = next(word for word in listing.split() if word.startswith("key_"))
+    stack.cli("keys", "revoke", key_id)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=1)
+
+
+def test_unknown_model_is_404(stack: Stack) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        stack.client().chat.completions.create(model="no-such-model", messages=FRANCE)
+    assert err.value.code == "model_not_found"
+
+
+def test_wrong_digest_pin_is_404(stack: Stack) -> None:
+    with pytest.raises(openai.NotFoundError):
+        stack.client().chat.completions.create(model=MODEL + "@sha256:" + "0" * 64, messages=FRANCE)
+
+
+def test_pinned_digest_is_served(stack: Stack) -> None:
+    client = stack.client()
+    pinned = client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=2).model
+    again = client.chat.completions.create(model=pinned, messages=FRANCE, max_tokens=2)
+    assert again.model == pinned
+
+
+def test_malformed_json_is_400(stack: Stack) -> None:
+    resp = httpx.post(
+        f"{stack.base_url}/chat/completions",
+        content=b"{not json",
+        headers={"authorization": f"Bearer {stack.dev_key}", "content-type": "application/json"},
+    )
+    assert resp.status_code == 400
+    body = resp.json()["error"]
+    assert set(body) == {"message", "type", "param", "code"}
+    assert body["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"temperature": 5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"n": 3}, "n"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ],
+)
+def test_out_of_range_parameter_is_400_naming_it(
+    stack: Stack, kwargs: dict[str, object], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        stack.client().chat.completions.create(model=MODEL, messages=FRANCE, **kwargs)
+    assert err.value.param == param
+
+
+def test_missing_messages_is_400(stack: Stack) -> None:
+    resp = httpx.post(
+        f"{stack.base_url}/chat/completions",
+        json={"model": MODEL},
+        headers={"authorization": f"Bearer {stack.dev_key}"},
+    )
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == "messages"
+
+
+def test_prompt_longer_than_context_is_400(stack: Stack) -> None:
+    long = "hello " * 9000
+    with pytest.raises(openai.BadRequestError) as err:
+        stack.client().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": long}]
+        )
+    assert err.value.code == "context_length_exceeded"
+    # And the stack still serves.
+    ok = stack.client().chat.completions.create(
+        model=MODEL, messages=FRANCE, temperature=0, max_tokens=8
+    )
+    assert ok.choices[0].message.content
+
+
+def test_unknown_route_is_openai_shaped_404(stack: Stack) -> None:
+    resp = httpx.get(f"{stack.base_url}/nothing-here")
+    assert resp.status_code == 404
+    assert "error" in resp.json()
+
+
+def test_health_and_readiness(stack: Stack) -> None:
+    root = stack.base_url.removesuffix("/v1")
+    assert httpx.get(f"{root}/healthz").status_code == 200
+    ready = httpx.get(f"{root}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["services"] == {
+        "auth": "SERVING",
+        "metering": "SERVING",
+        "engine": "SERVING",
+    }
+
+
+def test_rejected_requests_are_recorded_without_the_key(stack: Stack) -> None:
+    with pytest.raises(openai.BadRequestError):
+        stack.client().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x " * 9000}]
+        )
+    out = stack.cli("usage", "--json").stdout
+    assert '"status": "rejected"' in out or '"status":"rejected"' in out
+    assert stack.dev_key not in out
+    assert stack.dev_key not in stack.logs()
