@@ -313,6 +313,10 @@ def _build_onnx(
          "-c", str(cache)],
         log,
         "onnxruntime-genai model builder",
+        # The builder stamps `git rev-parse HEAD` of the folder four levels above its own file into
+        # the graph; with the virtualenv inside a checkout that is *our* commit, which would change
+        # the digest at every commit. Without git it stamps its own release commit instead.
+        extra_env={"GIT_DIR": os.devnull},
     )  # fmt: skip
 
 
@@ -368,8 +372,10 @@ def _write_manifest(folder: Path, variant: str) -> str:
 # --- processes, folders and progress --------------------------------------------------------------
 
 
-def _run(command: list[str], log: Path, what: str) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+def _run(
+    command: list[str], log: Path, what: str, extra_env: Mapping[str, str] | None = None
+) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(f"\n$ {shlex.join(command)}\n")
         handle.flush()

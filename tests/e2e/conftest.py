@@ -41,6 +41,7 @@ class Stack:
     proc: subprocess.Popen[str]
     dev_key: str
     output: list[str] = field(default_factory=list)
+    clients: list[OpenAI] = field(default_factory=list)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -109,12 +110,16 @@ def start_stack(database_url: str, tmp: Path) -> Stack:
 
 
 def stop_stack(stack: Stack) -> None:
+    for client in stack.clients:
+        client.close()
     stack.proc.terminate()
     try:
         stack.proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         stack.proc.kill()
         stack.proc.wait()
+    if stack.proc.stdout is not None:
+        stack.proc.stdout.close()
 
 
 def create_pg_database(dsn: str) -> tuple[str, Callable[[], None]]:

@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 
 import pytest
+from openai import OpenAI
 
 from tests.e2e.conftest import Stack
 
@@ -118,7 +119,6 @@ def test_stop_string_ends_output_before_it(stack: Stack) -> None:
 
 
 def test_concurrent_requests_each_get_their_own_answer(stack: Stack) -> None:
-    client = stack.client()
     questions = [
         "What is the capital of France?",
         "Name three colors.",
@@ -127,9 +127,15 @@ def test_concurrent_requests_each_get_their_own_answer(stack: Stack) -> None:
     ]
 
     def ask(q: str) -> str:
-        resp = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": q}], temperature=0, max_tokens=30
-        )
+        # A client per call, closed on the thread that used it: the SDK's connection pool keeps
+        # per-thread connections that a close from another thread would leave open.
+        with OpenAI(base_url=stack.base_url, api_key=stack.dev_key, max_retries=0) as client:
+            resp = client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": q}],
+                temperature=0,
+                max_tokens=30,
+            )
         return resp.choices[0].message.content or ""
 
     sequential = [ask(q) for q in questions]
