@@ -19,6 +19,7 @@ model: protos
 protos: services/pb/.generated
 
 bench: model
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
 
 lint: protos

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     engine_max_context: int = Field(
         default=8192, description="Longest prompt + completion served; capped by the model."
     )
+    engine_prefill_tokens: int = Field(
+        default=512,
+        description="Prompt tokens processed between two decode steps (chunked prefill budget).",
+    )
     engine_default_max_tokens: int = Field(
         default=512,
         description="Completion cap when a request sets no max_tokens; 0 = up to the context.",

@@ -129,7 +129,7 @@ class Generator:
         first = True
         try:
             while True:
-                event = await events.get()
+                event = _coalesce(await events.get(), events)
                 if event.error is not None:
                     raise event.error
                 msg = engine_pb2.GenerateResponse(text=event.text, token_count=event.token_count)
@@ -147,3 +147,23 @@ class Generator:
             # Reached on normal end too, where it is a no-op; on cancellation (client gone,
             # deadline) it frees the KV slot at the next step.
             model.scheduler.cancel(seq)
+
+
+def _coalesce(event: Event, events: asyncio.Queue[Event]) -> Event:
+    """Merges text events already waiting into one message.
+
+    When the stream's consumer is slower than decoding (many streams, a slow client), this sends
+    fewer, larger messages instead of letting a backlog of one-token messages build up.
+    """
+    while not event.finish_reason and event.error is None and not events.empty():
+        nxt = events.get_nowait()
+        if nxt.error is not None:
+            return nxt
+        event = Event(
+            text=event.text + nxt.text,
+            token_count=event.token_count + nxt.token_count,
+            finish_reason=nxt.finish_reason,
+            prompt_tokens=nxt.prompt_tokens,
+            completion_tokens=nxt.completion_tokens,
+        )
+    return event

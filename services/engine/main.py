@@ -40,8 +40,14 @@ def load_models(settings: Settings) -> Generator:
         max_len=entry.context_length,
         threads=settings.engine_threads,
     )
+    runtime.warmup(settings.engine_prefill_tokens)
     codec = TextCodec.from_folder(entry.folder)
-    scheduler = Scheduler(runtime, codec.tokenizer, max_queue=settings.engine_max_queue)
+    scheduler = Scheduler(
+        runtime,
+        codec.tokenizer,
+        max_queue=settings.engine_max_queue,
+        prefill_tokens=settings.engine_prefill_tokens,
+    )
     hosted = HostedModel(entry, codec, scheduler, runtime.provider)
     return Generator(
         ModelRegistry([entry]), {entry.name: hosted}, settings.engine_default_max_tokens

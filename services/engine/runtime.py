@@ -108,6 +108,9 @@ class DecoderRuntime:
         self.values = [np.zeros(shape, np.float32) for _ in range(self.spec.num_layers)]
         self.row_shape = shape[1:]
         self._decode_logits = np.zeros((max_batch, 1, self.spec.vocab_size), np.float32)
+        # One binding per batch width with the KV views bound once: a decode step then rebinds
+        # only ids, mask and logits instead of 2 x 2 x num_layers KV tensors.
+        self._decode_bindings: dict[int, ort.IOBinding] = {}
 
     def _bind_kv(self, binding: ort.IOBinding, start: int, rows: int) -> None:
         shape = [rows, *self.row_shape]
@@ -121,18 +124,40 @@ class DecoderRuntime:
                 binding.bind_input(names[0] % layer, "cpu", 0, np.float32, shape, ptr)
                 binding.bind_output(names[1] % layer, "cpu", 0, np.float32, shape, ptr)
 
-    def prefill(self, slot: int, tokens: np.ndarray) -> np.ndarray:
-        """Runs a whole prompt into an empty slot; returns the logits of its last position."""
-        ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(1, -1)
-        mask = np.ones_like(ids)
+    def warmup(self, prefill_tokens: int) -> None:
+        """Runs the largest shapes once so ONNX Runtime grows its arena before the first request.
+
+        Otherwise the first burst of traffic pays for the allocations (seconds on a small CPU).
+        """
+        width = max(1, min(prefill_tokens, self.max_len - 1))
+        self.prefill(0, [np.zeros(width, dtype=np.int64)])
+        rows = self.max_batch
+        self.decode(np.zeros(rows, dtype=np.int64), np.full(rows, width, dtype=np.int64))
+
+    def prefill(self, start: int, prompts: list[np.ndarray], past: int = 0) -> np.ndarray:
+        """Runs prompt tokens into slots `start .. start+len(prompts)-1`.
+
+        Several prompts are right-padded into one batch (each row's mask gives its length, so
+        padding changes no result); with `past > 0` a single prompt continues a chunked prefill
+        after `past` positions already in its slot. Returns each row's last-position logits.
+        """
+        rows = len(prompts)
+        width = max(len(p) for p in prompts)
+        ids = np.full((rows, width), self.spec.pad_token_id, dtype=np.int64)
+        mask = np.zeros((rows, past + width), dtype=np.int64)
+        for i, prompt in enumerate(prompts):
+            ids[i, : len(prompt)] = prompt
+            mask[i, : past + len(prompt)] = 1
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
-        self._bind_kv(binding, slot, 1)
-        logits = np.empty((1, ids.shape[1], self.spec.vocab_size), np.float32)
+        self._bind_kv(binding, start, rows)
+        logits = np.empty((rows, width, self.spec.vocab_size), np.float32)
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         self.session.run_with_iobinding(binding)
-        return logits[0, -1]
+        last = np.array([len(p) - 1 for p in prompts])
+        out: np.ndarray = logits[np.arange(rows), last]
+        return out
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One decode step for slots `0..len(tokens)-1`.
@@ -144,10 +169,13 @@ class DecoderRuntime:
         width = int(lengths.max()) + 1
         ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(rows, 1)
         mask = (np.arange(width)[None, :] <= lengths[:, None]).astype(np.int64)
-        binding = self.session.io_binding()
+        binding = self._decode_bindings.get(rows)
+        if binding is None:
+            binding = self.session.io_binding()
+            self._bind_kv(binding, 0, rows)
+            self._decode_bindings[rows] = binding
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
-        self._bind_kv(binding, 0, rows)
         out = self._decode_logits[:rows]
         binding.bind_output("logits", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
         self.session.run_with_iobinding(binding)

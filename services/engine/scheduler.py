@@ -1,9 +1,16 @@
 """Iteration-level scheduling: sequences join the running batch between decode steps and leave it
 the moment they finish or are cancelled.
 
-One worker thread owns the runtime and the KV slots. Requests arrive through `submit()` from the
-asyncio side; results go back through each sequence's `emit` callback, which the servicer makes
-thread-safe. ONNX Runtime releases the GIL while it computes, so the event loop stays responsive.
+One worker thread owns the runtime and the KV slots. Each iteration it (1) moves waiting
+sequences into free slots, (2) spends at most `prefill_tokens` on prompt processing — several short
+prompts batched together, or one chunk of a long prompt — and (3) advances every decoding sequence
+by one token in a single batched step. Bounding the prefill work per iteration bounds how long
+running streams stall when newcomers arrive, and chunking is exact on this graph (the attention op
+continues from the positions already in the slot).
+
+Requests arrive through `submit()` from the asyncio side; results go back through each sequence's
+`emit` callback, which the servicer makes thread-safe. ONNX Runtime releases the GIL while it
+computes, so the event loop stays responsive.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from services.engine.sampling import Sampler
 from services.engine.text import StopMatcher
 
 log = logging.getLogger(__name__)
+
+# Seconds a refused client is told to wait: about one prefill-and-decode round.
+RETRY_AFTER_S = 1
 
 
 @dataclass
@@ -53,6 +63,14 @@ class Sequence:
     unreported: int = 0  # tokens generated since the last emitted text
     cancelled: bool = field(default=False)
 
+    @property
+    def prefilling(self) -> bool:
+        return self.length < len(self.prompt)
+
+
+class QueueFull(ResourceExhausted):
+    retry_after = RETRY_AFTER_S
+
 
 class Scheduler:
     def __init__(
@@ -61,14 +79,13 @@ class Scheduler:
         tokenizer: Any,
         *,
         max_queue: int,
-        prefills_per_step: int = 1,
+        prefill_tokens: int = 512,
     ) -> None:
         self.runtime = runtime
         self.tokenizer = tokenizer
         self.max_batch = runtime.max_batch
         self.max_queue = max_queue
-        # Prefills admitted between two decode steps: bounds how long running streams stall.
-        self.prefills_per_step = prefills_per_step
+        self.prefill_tokens = max(1, prefill_tokens)
         self.eos = set(runtime.spec.eos_token_ids)
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.slots: list[Sequence | None] = [None] * self.max_batch
@@ -90,8 +107,8 @@ class Scheduler:
     def submit(self, seq: Sequence) -> None:
         with self.cond:
             if len(self.waiting) >= self.max_queue:
-                raise ResourceExhausted(
-                    "The engine is at capacity; retry shortly.", code="engine_overloaded"
+                raise QueueFull(
+                    "The engine's queue is full; retry shortly.", code="engine_overloaded"
                 )
             self.waiting.append(seq)
             self.cond.notify_all()
@@ -117,15 +134,15 @@ class Scheduler:
                     self._drop_cancelled()
                 if self.stopping:
                     break
-                admitted = self._admit()
-            for seq in admitted:
-                self._guard(seq, self._prefill)
-            if self._running():
+                self._admit()
+            self._prefill_step()
+            decoding = [s for s in self._running() if not s.prefilling]
+            if decoding:
                 try:
-                    self._decode_step()
+                    self._decode_step(decoding)
                 except Exception as exc:  # noqa: BLE001 - a failed step fails its batch only
                     log.exception("decode step failed")
-                    for seq in self._running():
+                    for seq in decoding:
                         self._finish(seq, error=exc)
         for seq in [*self._running(), *self.waiting]:
             self._finish(seq, error=RuntimeError("engine stopping"))
@@ -141,18 +158,55 @@ class Scheduler:
         if any(s.cancelled for s in self.waiting):
             self.waiting = collections.deque(s for s in self.waiting if not s.cancelled)
 
-    def _admit(self) -> list[Sequence]:
-        admitted: list[Sequence] = []
-        while self.waiting and len(admitted) < self.prefills_per_step:
+    def _admit(self) -> None:
+        """Moves waiting sequences into free slots, lowest first (caller holds the lock)."""
+        while self.waiting:
             try:
                 slot = self.slots.index(None)
             except ValueError:
-                break
+                return
             seq = self.waiting.popleft()
             seq.slot = slot
             self.slots[slot] = seq
-            admitted.append(seq)
-        return admitted
+
+    def _prefill_step(self) -> None:
+        """Spends up to `prefill_tokens` on prompts: one chunk, or a batch of whole prompts."""
+        pending = sorted((s for s in self._running() if s.prefilling), key=lambda s: s.slot)
+        if not pending:
+            return
+        head = pending[0]
+        remaining = len(head.prompt) - head.length
+        if head.length > 0 or remaining > self.prefill_tokens:
+            chunk = head.prompt[head.length : head.length + self.prefill_tokens]
+            self._run_prefill([head], [chunk], past=head.length)
+            return
+        # Whole fresh prompts in consecutive slots share one padded batch within the budget.
+        group = [head]
+        for seq in pending[1:]:
+            width = max(len(s.prompt) for s in (*group, seq))
+            if (
+                seq.slot != group[-1].slot + 1
+                or seq.length > 0
+                or width * (len(group) + 1) > self.prefill_tokens
+            ):
+                break
+            group.append(seq)
+        self._run_prefill(group, [s.prompt for s in group], past=0)
+
+    def _run_prefill(self, group: list[Sequence], chunks: list[list[int]], past: int) -> None:
+        try:
+            logits = self.runtime.prefill(
+                group[0].slot, [np.asarray(c, dtype=np.int64) for c in chunks], past=past
+            )
+        except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the engine
+            log.exception("prefill failed")
+            for seq in group:
+                self._finish(seq, error=exc)
+            return
+        for i, (seq, chunk) in enumerate(zip(group, chunks, strict=True)):
+            seq.length += len(chunk)
+            if not seq.prefilling and not seq.cancelled:
+                self._guard(seq, lambda s, row=logits[i]: self._accept(s, s.sampler(row)))
 
     def _guard(self, seq: Sequence, fn: Callable[[Sequence], None]) -> None:
         try:
@@ -161,21 +215,20 @@ class Scheduler:
             log.exception("request %s failed", seq.request_id)
             self._finish(seq, error=exc)
 
-    def _prefill(self, seq: Sequence) -> None:
-        logits = self.runtime.prefill(seq.slot, np.asarray(seq.prompt, dtype=np.int64))
-        seq.length = len(seq.prompt)
-        self._accept(seq, seq.sampler(logits))
-
-    def _decode_step(self) -> None:
-        running = self._running()
-        rows = max(s.slot for s in running) + 1
+    def _decode_step(self, decoding: list[Sequence]) -> None:
+        rows = max(s.slot for s in self._running()) + 1
         tokens = np.full(rows, self.runtime.spec.pad_token_id, dtype=np.int64)
         lengths = np.zeros(rows, dtype=np.int64)
-        for seq in running:
+        for seq in self._running():
+            if seq.prefilling:
+                # Its row takes part in the step as padding: position 0 would overwrite its
+                # prompt's first key, so point it past what it holds; the next chunk rewrites it.
+                lengths[seq.slot] = seq.length
+        for seq in decoding:
             tokens[seq.slot] = seq.last_token
             lengths[seq.slot] = seq.length
         logits = self.runtime.decode(tokens, lengths)
-        for seq in running:
+        for seq in decoding:
             seq.length += 1
             if seq.cancelled:
                 continue

@@ -65,7 +65,7 @@ class Stack:
         return "".join(self.output)
 
 
-def start_stack(database_url: str, tmp: Path) -> Stack:
+def start_stack(database_url: str, tmp: Path, **extra_env: str) -> Stack:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     ports = {name: free_port() for name in ("auth", "metering", "engine", "edge")}
     env.update(
@@ -79,6 +79,7 @@ def start_stack(database_url: str, tmp: Path) -> Stack:
         SLUICE_ENGINE_MAX_BATCH="8",
         PYTHONUNBUFFERED="1",
     )
+    env.update(extra_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up"],
         env=env,

@@ -47,7 +47,7 @@ def codec(model_folder: Path) -> TextCodec:
 @pytest.fixture
 def scheduler(model_folder: Path, codec: TextCodec) -> Iterator[Scheduler]:
     runtime = DecoderRuntime(model_folder, max_batch=4, max_len=1024)
-    sched = Scheduler(runtime, codec.tokenizer, max_queue=16)
+    sched = Scheduler(runtime, codec.tokenizer, max_queue=16, prefill_tokens=64)
     sched.start()
     yield sched
     sched.stop()
@@ -118,3 +118,25 @@ def test_stop_string_ends_the_sequence(scheduler: Scheduler, codec: TextCodec) -
     scheduler.submit(seq)
     assert out.text() == "The capital of France is"
     assert out.events[-1].finish_reason == "stop"
+
+
+def test_chunked_prefill_changes_no_result(
+    scheduler: Scheduler, model_folder: Path, codec: TextCodec
+) -> None:
+    seq, out = make_seq(codec, QUESTIONS[3])
+    scheduler.submit(seq)
+    whole = out.text()
+    runtime = DecoderRuntime(model_folder, max_batch=2, max_len=512)
+    # 7-token chunks: the prompt is prefilled over several iterations while another sequence
+    # decodes beside it.
+    chunked = Scheduler(runtime, codec.tokenizer, max_queue=4, prefill_tokens=7)
+    chunked.start()
+    try:
+        other, other_out = make_seq(codec, QUESTIONS[0])
+        chunked.submit(other)
+        seq2, out2 = make_seq(codec, QUESTIONS[3])
+        chunked.submit(seq2)
+        assert out2.text() == whole
+        assert other_out.text()
+    finally:
+        chunked.stop()
