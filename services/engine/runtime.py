@@ -67,8 +67,38 @@ def choose_providers(prefer_cuda: bool = True) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+class KVBuffer:
+    """One preallocated KV tensor `[max_batch, kv_heads, max_len, head_dim]` on the session's
+    device; a slot range is addressed by pointer, so binding a view never copies."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: type[np.generic], device: str) -> None:
+        self.shape = shape
+        self.dtype = dtype
+        self.device = device
+        self.row_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+        if device == "cpu":
+            # np.zeros maps pages lazily: memory is committed only as sequences grow into it.
+            self._host = np.zeros(shape, dtype)
+            self.base = self._host.ctypes.data
+        else:
+            # Device memory, never copied to the host; positions past a row's mask are never
+            # read, so the buffer needs no initialisation.
+            self._device = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, device, 0)
+            self.base = self._device.data_ptr()
+
+    def bind(self, binding: ort.IOBinding, names: tuple[str, str], start: int, rows: int) -> None:
+        shape = [rows, *self.shape[1:]]
+        ptr = self.base + start * self.row_bytes
+        binding.bind_input(names[0], self.device, 0, self.dtype, shape, ptr)
+        binding.bind_output(names[1], self.device, 0, self.dtype, shape, ptr)
+
+
 class DecoderRuntime:
-    """Runs prefill and batched decode steps over slots of a preallocated KV cache (CPU)."""
+    """Runs prefill and batched decode steps over slots of a preallocated KV cache.
+
+    On the CUDA provider the KV cache lives in device memory and is bound by pointer, exactly as on
+    the CPU; only ids and the mask go to the device each step, and only logits come back.
+    """
 
     def __init__(
         self,
@@ -78,6 +108,7 @@ class DecoderRuntime:
         max_len: int,
         threads: int = 0,
         providers: list[str] | None = None,
+        strict_provider: bool = False,
     ) -> None:
         self.spec = GraphSpec.from_folder(folder)
         self.max_batch = max_batch
@@ -89,40 +120,46 @@ class DecoderRuntime:
         # Shapes change every step (mask width, batch); memory patterns would be rebuilt each
         # time for nothing.
         opts.enable_mem_pattern = False
+        if strict_provider:
+            # Fail at load time if any node would silently run on the CPU instead.
+            opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         providers = providers or choose_providers()
         self.session = ort.InferenceSession(
             str(folder / self.spec.filename), sess_options=opts, providers=providers
         )
         self.provider = self.session.get_providers()[0]
-        if self.provider != "CPUExecutionProvider":
-            # Device KV buffers are not wired yet: refuse rather than run a silent half path.
-            raise RuntimeError(f"{self.provider} runtime is not supported by this engine build")
+        self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         log.info(
             "execution provider: %s (available: %s)",
             self.provider,
             ", ".join(ort.get_available_providers()),
         )
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        kv_type = types[self.spec.key_name % 0]
+        self.kv_dtype: type[np.generic] = np.float16 if "float16" in kv_type else np.float32
+        out_types = {o.name: o.type for o in self.session.get_outputs()}
+        self.logits_dtype: type[np.generic] = (
+            np.float16 if "float16" in out_types["logits"] else np.float32
+        )
         shape = (max_batch, self.spec.kv_heads, self.max_len, self.spec.head_dim)
-        # np.zeros maps pages lazily: memory is committed only as sequences grow into it.
-        self.keys = [np.zeros(shape, np.float32) for _ in range(self.spec.num_layers)]
-        self.values = [np.zeros(shape, np.float32) for _ in range(self.spec.num_layers)]
-        self.row_shape = shape[1:]
-        self._decode_logits = np.zeros((max_batch, 1, self.spec.vocab_size), np.float32)
+        self.keys = [
+            KVBuffer(shape, self.kv_dtype, self.device) for _ in range(self.spec.num_layers)
+        ]
+        self.values = [
+            KVBuffer(shape, self.kv_dtype, self.device) for _ in range(self.spec.num_layers)
+        ]
+        self._decode_logits = np.zeros((max_batch, 1, self.spec.vocab_size), self.logits_dtype)
         # One binding per batch width with the KV views bound once: a decode step then rebinds
         # only ids, mask and logits instead of 2 x 2 x num_layers KV tensors.
         self._decode_bindings: dict[int, ort.IOBinding] = {}
 
     def _bind_kv(self, binding: ort.IOBinding, start: int, rows: int) -> None:
-        shape = [rows, *self.row_shape]
-        for layer in range(self.spec.num_layers):
-            for names, buffers in (
-                ((self.spec.key_name, self.spec.present_key_name), self.keys),
-                ((self.spec.value_name, self.spec.present_value_name), self.values),
-            ):
-                view = buffers[layer][start : start + rows]
-                ptr = view.ctypes.data
-                binding.bind_input(names[0] % layer, "cpu", 0, np.float32, shape, ptr)
-                binding.bind_output(names[1] % layer, "cpu", 0, np.float32, shape, ptr)
+        spec = self.spec
+        for layer in range(spec.num_layers):
+            names_k = (spec.key_name % layer, spec.present_key_name % layer)
+            names_v = (spec.value_name % layer, spec.present_value_name % layer)
+            self.keys[layer].bind(binding, names_k, start, rows)
+            self.values[layer].bind(binding, names_v, start, rows)
 
     def warmup(self, prefill_tokens: int) -> None:
         """Runs the largest shapes once so ONNX Runtime grows its arena before the first request.
@@ -152,8 +189,10 @@ class DecoderRuntime:
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
         self._bind_kv(binding, start, rows)
-        logits = np.empty((rows, width, self.spec.vocab_size), np.float32)
-        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        logits = np.empty((rows, width, self.spec.vocab_size), self.logits_dtype)
+        binding.bind_output(
+            "logits", "cpu", 0, self.logits_dtype, list(logits.shape), logits.ctypes.data
+        )
         self.session.run_with_iobinding(binding)
         last = np.array([len(p) - 1 for p in prompts])
         out: np.ndarray = logits[np.arange(rows), last]
@@ -177,6 +216,6 @@ class DecoderRuntime:
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
         out = self._decode_logits[:rows]
-        binding.bind_output("logits", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        binding.bind_output("logits", "cpu", 0, self.logits_dtype, list(out.shape), out.ctypes.data)
         self.session.run_with_iobinding(binding)
         return out[:, 0, :]
