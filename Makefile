@@ -23,8 +23,8 @@ bench: model
 	$(PY) -m bench.run
 
 lint: protos
-	$(VENV)/bin/ruff check services tests bench
-	$(VENV)/bin/ruff format --check services tests bench
+	$(VENV)/bin/ruff check services tests bench scripts
+	$(VENV)/bin/ruff format --check services tests bench scripts
 	$(VENV)/bin/mypy services
 
 $(STAMP): pyproject.toml

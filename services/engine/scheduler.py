@@ -206,11 +206,11 @@ class Scheduler:
         for i, (seq, chunk) in enumerate(zip(group, chunks, strict=True)):
             seq.length += len(chunk)
             if not seq.prefilling and not seq.cancelled:
-                self._guard(seq, lambda s, row=logits[i]: self._accept(s, s.sampler(row)))
+                self._sample(seq, logits[i])
 
-    def _guard(self, seq: Sequence, fn: Callable[[Sequence], None]) -> None:
+    def _sample(self, seq: Sequence, logits: np.ndarray) -> None:
         try:
-            fn(seq)
+            self._accept(seq, seq.sampler(logits))
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the engine
             log.exception("request %s failed", seq.request_id)
             self._finish(seq, error=exc)
@@ -232,7 +232,7 @@ class Scheduler:
             seq.length += 1
             if seq.cancelled:
                 continue
-            self._guard(seq, lambda s: self._accept(s, s.sampler(logits[s.slot])))
+            self._sample(seq, logits[seq.slot])
 
     def _accept(self, seq: Sequence, token: int) -> None:
         """Takes one sampled token: emits its text, and finishes the sequence when it is done."""
