@@ -51,6 +51,10 @@ class Settings(BaseSettings):
         default=512,
         description="Prompt tokens processed between two decode steps (chunked prefill budget).",
     )
+    engine_max_tokens_in_flight: int = Field(
+        default=131072,
+        description="Prompt + completion tokens of all running sequences; 0 = slots only.",
+    )
     engine_default_max_tokens: int = Field(
         default=512,
         description="Completion cap when a request sets no max_tokens; 0 = up to the context.",

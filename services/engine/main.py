@@ -47,6 +47,7 @@ def load_models(settings: Settings) -> Generator:
         codec.tokenizer,
         max_queue=settings.engine_max_queue,
         prefill_tokens=settings.engine_prefill_tokens,
+        max_tokens_in_flight=settings.engine_max_tokens_in_flight,
     )
     hosted = HostedModel(entry, codec, scheduler, runtime.provider)
     return Generator(

@@ -64,6 +64,11 @@ class Sequence:
     cancelled: bool = field(default=False)
 
     @property
+    def budget(self) -> int:
+        """The most KV positions this sequence can ever hold."""
+        return len(self.prompt) + self.max_new_tokens
+
+    @property
     def prefilling(self) -> bool:
         return self.length < len(self.prompt)
 
@@ -80,12 +85,16 @@ class Scheduler:
         *,
         max_queue: int,
         prefill_tokens: int = 512,
+        max_tokens_in_flight: int = 0,
     ) -> None:
         self.runtime = runtime
         self.tokenizer = tokenizer
         self.max_batch = runtime.max_batch
         self.max_queue = max_queue
         self.prefill_tokens = max(1, prefill_tokens)
+        # Upper bound on prompt + completion tokens of all running sequences (0 = slots only):
+        # bounds the KV memory actually touched and the attention work per step.
+        self.max_tokens_in_flight = max_tokens_in_flight
         self.eos = set(runtime.spec.eos_token_ids)
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.slots: list[Sequence | None] = [None] * self.max_batch
@@ -160,11 +169,17 @@ class Scheduler:
 
     def _admit(self) -> None:
         """Moves waiting sequences into free slots, lowest first (caller holds the lock)."""
+        in_flight = sum(s.budget for s in self._running())
         while self.waiting:
             try:
                 slot = self.slots.index(None)
             except ValueError:
                 return
+            budget = self.waiting[0].budget
+            limit = self.max_tokens_in_flight
+            if limit and in_flight and in_flight + budget > limit:
+                return
+            in_flight += budget
             seq = self.waiting.popleft()
             seq.slot = slot
             self.slots[slot] = seq

@@ -140,3 +140,21 @@ def test_chunked_prefill_changes_no_result(
         assert other_out.text()
     finally:
         chunked.stop()
+
+
+def test_tokens_in_flight_bound_holds_newcomers_back(model_folder: Path, codec: TextCodec) -> None:
+    runtime = DecoderRuntime(model_folder, max_batch=4, max_len=512)
+    sched = Scheduler(runtime, codec.tokenizer, max_queue=4, max_tokens_in_flight=100)
+    first, first_out = make_seq(codec, QUESTIONS[0], max_new=40)
+    second, second_out = make_seq(codec, QUESTIONS[1], max_new=40)
+    sched.submit(first)
+    sched.submit(second)
+    with sched.cond:
+        sched._admit()
+        # Each needs ~75 positions: with a bound of 100 only one runs, though slots are free.
+        assert sched.load() == (1, 1)
+    sched.start()
+    try:
+        assert first_out.text() and second_out.text()
+    finally:
+        sched.stop()
