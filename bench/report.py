@@ -88,8 +88,10 @@ def _machine_line(results: dict[str, Any]) -> str:
     m = results.get("machine", {})
     cfg = results.get("config", {})
     kind = "quick run (development numbers)" if cfg.get("quick") else "full run"
-    load = m.get("load_average_start")
-    load_text = f", load average at start {load[0]:.2f}" if load else ""
+    start, end = m.get("load_average_start"), m.get("load_average_end")
+    load_text = f", 1-min load average {start[0]:.2f} at start" if start else ""
+    if start and end:
+        load_text += f" and {end[0]:.2f} at end"
     return (
         f"_{kind}, {m.get('date', '?')}: {m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} "
         f"cores, {_f(m.get('memory_gib'))} GiB; Python {m.get('python', '?')}, onnxruntime "
@@ -120,6 +122,19 @@ def _ours_table(results: dict[str, Any]) -> list[str]:
             f"| {_pair(s['itl_ms'], 'p50', 'p95', 1)} |"
         )
     return rows
+
+
+def _rounds_note(results: dict[str, Any]) -> list[str]:
+    """The spread of repeated single-stream rounds: a direct reading of the machine's noise."""
+    single = results.get("ours", {}).get("1")
+    if not single or len(single.get("rounds_tok_s", [])) < 2:
+        return []
+    rates = single["rounds_tok_s"]
+    return [
+        f"Single-stream rounds ranged {min(rates):.1f}-{max(rates):.1f} tok/s over "
+        f"{len(rates)} runs; a wide range means other work shared the cores.",
+        "",
+    ]
 
 
 def _generator_table(results: dict[str, Any]) -> list[str]:
@@ -187,6 +202,7 @@ def render_section(results: dict[str, Any], verdicts: list[Verdict]) -> str:
         "",
         *_ours_table(results),
         "",
+        *_rounds_note(results),
         "### onnxruntime-genai `og.Generator`, static batch",
         "",
         *_generator_table(results),

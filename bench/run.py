@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shutil
 import sys
 import tempfile
@@ -46,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--write", action="store_true", help="with --quick: write to docs/ anyway")
     parser.add_argument(
         "--out", type=Path, help="write PERFORMANCE.md, img/ and bench/ under this folder"
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: re-render the report from a saved results.json",
     )
     return parser.parse_args(argv)
 
@@ -206,8 +213,29 @@ def compare_outputs(results: dict[str, Any], texts: dict[str, list[str]]) -> Non
     results["outputs"] = out
 
 
+def publish(results: dict[str, Any], paths: OutputPaths) -> None:
+    """Targets, results.json, charts and the generated part of PERFORMANCE.md; prints verdicts."""
+    verdicts = evaluate(results)
+    results["targets"] = [v.as_dict() for v in verdicts]
+    write_results(paths.results, results)
+    from bench.plots import write_charts  # matplotlib only once there is something to draw
+
+    write_charts(results, paths.images)
+    write_performance_doc(paths.performance, render_section(results, verdicts))
+    print()
+    for v in verdicts:
+        print(f"  ({v.key}) {v.status():>12}  {v.target}: {v.measured}")
+    print()
+    _say(f"wrote {paths.results}, {paths.images}, {paths.performance}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        # Re-render from a saved run (after editing the report's code or prose): no measuring.
+        saved = json.loads(args.render.read_text())
+        publish(saved, output_paths(args, bool(saved["config"]["quick"])))
+        return 0
     cfg = BenchConfig.quick_run() if args.quick else BenchConfig.full()
     paths = output_paths(args, cfg.quick)
     started = time.perf_counter()
@@ -231,21 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     compare_outputs(results, texts)
     results["machine"]["load_average_end"] = load_average()
     results["duration_s"] = time.perf_counter() - started
-    verdicts = evaluate(results)
-    results["targets"] = [v.as_dict() for v in verdicts]
-
-    write_results(paths.results, results)
-    from bench.plots import write_charts  # matplotlib only once there is something to draw
-
-    write_charts(results, paths.images)
-    write_performance_doc(paths.performance, render_section(results, verdicts))
-    print()
-    for v in verdicts:
-        print(f"  ({v.key}) {v.status():>12}  {v.target}: {v.measured}")
-    print()
-    _say(
-        f"{results['duration_s']:.0f} s; wrote {paths.results}, {paths.images}, {paths.performance}"
-    )
+    _say(f"measured in {results['duration_s']:.0f} s")
+    publish(results, paths)
     return 0
 
 
