@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from services.common.settings import Settings
-from services.pb.auth.v1 import auth_pb2_grpc
+from services.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.pb.engine.v1 import engine_pb2, engine_pb2_grpc
 from services.pb.metering.v1 import metering_pb2_grpc
 
@@ -25,6 +25,8 @@ class Backends:
     settings: Settings
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     _models: dict[str, tuple[float, engine_pb2.ModelInfo]] = field(default_factory=dict)
+    # Recently authenticated principals (see governance.authenticate).
+    principals: dict[bytes, tuple[float, auth_pb2.Principal]] = field(default_factory=dict)
     # Settlements in flight, referenced so they are not garbage-collected mid-way and so that
     # shutdown can wait for them.
     pending: set[asyncio.Task[None]] = field(default_factory=set)

@@ -8,6 +8,7 @@ finished, failed, or its client went away.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -25,6 +26,8 @@ from services.pb.metering.v1 import metering_pb2
 log = logging.getLogger(__name__)
 
 SETTLE_ATTEMPTS = 5
+PRINCIPAL_CACHE_TTL_S = 1.0
+PRINCIPAL_CACHE_SIZE = 10_000
 
 
 def bearer_key(request: Request) -> str:
@@ -42,13 +45,24 @@ def bearer_key(request: Request) -> str:
 async def authenticate(backends: Backends, request: Request, model: str) -> auth_pb2.Principal:
     key = bearer_key(request)
     client_ip = request.client.host if request.client else ""
+    # Keyed by a digest, so the cache holds no secret; only successes are cached, for at most
+    # PRINCIPAL_CACHE_TTL_S, so a revoked key stops working within that time on every edge.
+    cache_key = hashlib.sha256(f"{key}\0{client_ip}\0{model}".encode()).digest()
+    cached = backends.principals.get(cache_key)
+    now = time.monotonic()
+    if cached and now - cached[0] < PRINCIPAL_CACHE_TTL_S:
+        return cached[1]
     try:
-        return await backends.auth.Authenticate(
+        principal: auth_pb2.Principal = await backends.auth.Authenticate(
             auth_pb2.AuthenticateRequest(api_key=key, client_ip=client_ip, model=model),
             timeout=CONTROL_TIMEOUT_S,
         )
     except grpc.aio.AioRpcError as exc:
         raise from_grpc(exc, "auth") from None
+    if len(backends.principals) >= PRINCIPAL_CACHE_SIZE:
+        backends.principals.clear()
+    backends.principals[cache_key] = (now, principal)
+    return principal
 
 
 @dataclass

@@ -19,6 +19,8 @@ def main() -> None:
         log_level=settings.log_level.lower(),
         # Many short requests per connection from SDK clients: keep connections around.
         timeout_keep_alive=30,
+        # The C parser: a measurable share of the gateway's per-request cost on a small CPU.
+        http="httptools",
         access_log=False,
     )
     uvicorn.Server(config).run()

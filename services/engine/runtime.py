@@ -166,10 +166,14 @@ class DecoderRuntime:
 
         Otherwise the first burst of traffic pays for the allocations (seconds on a small CPU).
         """
-        width = max(1, min(prefill_tokens, self.max_len - 1))
+        # Prefill computes logits for every position, so a full-budget warm-up costs seconds;
+        # a modest width grows most of the arena.
+        width = max(1, min(prefill_tokens, 128, self.max_len - 1))
         self.prefill(0, [np.zeros(width, dtype=np.int64)])
         rows = self.max_batch
-        self.decode(np.zeros(rows, dtype=np.int64), np.full(rows, width, dtype=np.int64))
+        # Short rows: the activations grow to full batch width without touching (and so
+        # committing) the KV pages of every slot.
+        self.decode(np.zeros(rows, dtype=np.int64), np.ones(rows, dtype=np.int64))
 
     def prefill(self, start: int, prompts: list[np.ndarray], past: int = 0) -> np.ndarray:
         """Runs prompt tokens into slots `start .. start+len(prompts)-1`.
