@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     engine_threads: int = Field(
         default=0, description="ONNX Runtime intra-op threads; 0 = one per CPU core."
     )
+    engine_allow_spinning: bool = Field(
+        default=True, description="Let ONNX Runtime's idle worker threads spin between ops."
+    )
     engine_max_batch: int = Field(
         default=32, description="Sequences decoded together in one step (KV cache slots)."
     )

@@ -7,13 +7,13 @@ that a bad request fails with a clear error and never touches the batch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument
 from services.engine.registry import ModelEntry, ModelRegistry
 from services.engine.sampling import Sampler
-from services.engine.scheduler import Event, Scheduler, Sequence
+from services.engine.scheduler import Delivery, Event, Scheduler, Sequence, deliver_now
 from services.engine.text import StopMatcher, TextCodec
 from services.pb.engine.v1 import engine_pb2
 
@@ -110,19 +110,15 @@ class Generator:
             )
         sampler = self._sampler(req)
 
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
-
-        def emit(event: Event) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
         seq = Sequence(
             prompt=prompt,
             sampler=sampler,
             max_new_tokens=wanted,
             stops=StopMatcher(list(req.stop)),
             decoder=model.codec.decoder(),
-            emit=emit,
+            # Called on the event loop thread (see `loop_dispatch`).
+            emit=events.put_nowait,
             request_id=req.request_id,
         )
         model.scheduler.submit(seq)
@@ -167,3 +163,12 @@ def _coalesce(event: Event, events: asyncio.Queue[Event]) -> Event:
             completion_tokens=nxt.completion_tokens,
         )
     return event
+
+
+def loop_dispatch(loop: asyncio.AbstractEventLoop) -> Callable[[Delivery], None]:
+    """A scheduler `dispatch` that delivers a step's events on `loop`, with one wake-up."""
+
+    def dispatch(items: Delivery) -> None:
+        loop.call_soon_threadsafe(deliver_now, items)
+
+    return dispatch

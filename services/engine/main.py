@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from services.common.grpc_server import configure_logging, serve
 from services.common.settings import Settings
-from services.engine.generation import Generator, HostedModel
+from services.engine.generation import Generator, HostedModel, loop_dispatch
 from services.engine.registry import ModelRegistry, choose_variant, load_entry
 from services.engine.runtime import DecoderRuntime
 from services.engine.scheduler import Scheduler
@@ -23,7 +23,7 @@ log = logging.getLogger("services.engine")
 MODEL_NAME = "smollm2-135m-instruct"
 
 
-def load_models(settings: Settings) -> Generator:
+def load_models(settings: Settings, loop: asyncio.AbstractEventLoop) -> Generator:
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     model_dir = settings.models_dir / MODEL_NAME
     variant = choose_variant(model_dir, settings.model_variant, cuda)
@@ -39,6 +39,7 @@ def load_models(settings: Settings) -> Generator:
         max_batch=settings.engine_max_batch,
         max_len=entry.context_length,
         threads=settings.engine_threads,
+        allow_spinning=settings.engine_allow_spinning,
     )
     runtime.warmup(settings.engine_prefill_tokens)
     codec = TextCodec.from_folder(entry.folder)
@@ -48,6 +49,7 @@ def load_models(settings: Settings) -> Generator:
         max_queue=settings.engine_max_queue,
         prefill_tokens=settings.engine_prefill_tokens,
         max_tokens_in_flight=settings.engine_max_tokens_in_flight,
+        dispatch=loop_dispatch(loop),
     )
     hosted = HostedModel(entry, codec, scheduler, runtime.provider)
     return Generator(
@@ -56,7 +58,7 @@ def load_models(settings: Settings) -> Generator:
 
 
 async def _serve(settings: Settings) -> None:
-    generator = load_models(settings)
+    generator = load_models(settings, asyncio.get_running_loop())
     for model in generator.models.values():
         model.scheduler.start()
 

@@ -109,6 +109,7 @@ class DecoderRuntime:
         threads: int = 0,
         providers: list[str] | None = None,
         strict_provider: bool = False,
+        allow_spinning: bool = True,
     ) -> None:
         self.spec = GraphSpec.from_folder(folder)
         self.max_batch = max_batch
@@ -120,6 +121,9 @@ class DecoderRuntime:
         # Shapes change every step (mask width, batch); memory patterns would be rebuilt each
         # time for nothing.
         opts.enable_mem_pattern = False
+        if not allow_spinning:
+            # Spinning workers compete with the edge and gRPC threads on a small machine.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if strict_provider:
             # Fail at load time if any node would silently run on the CPU instead.
             opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")

@@ -8,9 +8,10 @@ by one token in a single batched step. Bounding the prefill work per iteration b
 running streams stall when newcomers arrive, and chunking is exact on this graph (the attention op
 continues from the positions already in the slot).
 
-Requests arrive through `submit()` from the asyncio side; results go back through each sequence's
-`emit` callback, which the servicer makes thread-safe. ONNX Runtime releases the GIL while it
-computes, so the event loop stays responsive.
+Requests arrive through `submit()` from the asyncio side. Results are collected per iteration
+and handed to `dispatch` once, which the servicer points at the event loop: one wake-up per step
+for the whole batch instead of one per token, so the loop thread and this one contend for the GIL
+less. ONNX Runtime releases the GIL while it computes, so the event loop stays responsive.
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ class Sequence:
         return self.length < len(self.prompt)
 
 
+Delivery = list[tuple[Callable[[Event], None], Event]]
+
+
+def deliver_now(items: Delivery) -> None:
+    """The default dispatch: call each sequence's `emit` on the scheduler thread."""
+    for emit, event in items:
+        emit(event)
+
+
 class QueueFull(ResourceExhausted):
     retry_after = RETRY_AFTER_S
 
@@ -86,6 +96,7 @@ class Scheduler:
         max_queue: int,
         prefill_tokens: int = 512,
         max_tokens_in_flight: int = 0,
+        dispatch: Callable[[Delivery], None] = deliver_now,
     ) -> None:
         self.runtime = runtime
         self.tokenizer = tokenizer
@@ -96,6 +107,8 @@ class Scheduler:
         # bounds the KV memory actually touched and the attention work per step.
         self.max_tokens_in_flight = max_tokens_in_flight
         self.eos = set(runtime.spec.eos_token_ids)
+        self.dispatch = dispatch
+        self._outbox: Delivery = []
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.slots: list[Sequence | None] = [None] * self.max_batch
         self.cond = threading.Condition()
@@ -145,6 +158,7 @@ class Scheduler:
                     break
                 self._admit()
             self._prefill_step()
+            self._flush()
             decoding = [s for s in self._running() if not s.prefilling]
             if decoding:
                 try:
@@ -153,8 +167,18 @@ class Scheduler:
                     log.exception("decode step failed")
                     for seq in decoding:
                         self._finish(seq, error=exc)
+                self._flush()
         for seq in [*self._running(), *self.waiting]:
             self._finish(seq, error=RuntimeError("engine stopping"))
+        self._flush()
+
+    def _emit(self, seq: Sequence, event: Event) -> None:
+        self._outbox.append((seq.emit, event))
+
+    def _flush(self) -> None:
+        if self._outbox:
+            items, self._outbox = self._outbox, []
+            self.dispatch(items)
 
     def _running(self) -> list[Sequence]:
         return [s for s in self.slots if s is not None]
@@ -260,7 +284,7 @@ class Scheduler:
         piece = seq.decoder.step(self.tokenizer, token) or ""
         text, stopped = seq.stops.feed(piece) if piece else ("", False)
         if text:
-            seq.emit(Event(text=text, token_count=seq.unreported))
+            self._emit(seq, Event(text=text, token_count=seq.unreported))
             seq.unreported = 0
         if stopped:
             self._finish(seq, reason="stop")
@@ -272,17 +296,18 @@ class Scheduler:
             if seq.slot >= 0 and self.slots[seq.slot] is seq:
                 self.slots[seq.slot] = None
         if error is not None:
-            seq.emit(Event(error=error))
+            self._emit(seq, Event(error=error))
             return
         # After a matched stop string nothing is held; after EOS or a length limit the text held
         # back as a possible stop prefix was real output.
         tail = seq.stops.flush()
-        seq.emit(
+        self._emit(
+            seq,
             Event(
                 text=tail,
                 token_count=seq.unreported,
                 finish_reason=reason,
                 prompt_tokens=len(seq.prompt),
                 completion_tokens=seq.generated,
-            )
+            ),
         )
