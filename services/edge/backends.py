@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from services.common.settings import Settings
+from services.edge.metrics import EdgeMetrics
 from services.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.pb.engine.v1 import engine_pb2, engine_pb2_grpc
 from services.pb.metering.v1 import metering_pb2_grpc
@@ -30,6 +31,7 @@ class Backends:
     # Settlements in flight, referenced so they are not garbage-collected mid-way and so that
     # shutdown can wait for them.
     pending: set[asyncio.Task[None]] = field(default_factory=set)
+    metrics: EdgeMetrics = field(default_factory=EdgeMetrics)
 
     def __post_init__(self) -> None:
         auth = self._channel(self.settings.auth_addr)

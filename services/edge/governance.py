@@ -129,6 +129,15 @@ class Admission:
 
     async def _settle(self, status: str) -> None:
         now = time.monotonic()
+        self.backends.metrics.observe(
+            self.endpoint,
+            self.model.name,
+            status,
+            self.prompt_tokens,
+            self.completion_tokens,
+            now - self.started,
+            (self.first_token_at - self.started) if self.first_token_at else None,
+        )
         req = metering_pb2.SettleRequest(
             reservation_id=self.reservation_id,
             org_id=self.principal.org_id,

@@ -14,6 +14,7 @@ from services.edge.backends import CONTROL_TIMEOUT_S, Backends
 from services.edge.errors import APIError, from_grpc
 from services.edge.generation import ChatShape, CompletionShape, handle, parse_body
 from services.edge.governance import authenticate
+from services.edge.metrics import metrics_endpoint
 from services.edge.protocol import ChatCompletionRequest, CompletionRequest
 from services.pb.engine.v1 import engine_pb2
 
@@ -108,4 +109,5 @@ ROUTES = [
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
 ]

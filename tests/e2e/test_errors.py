@@ -148,3 +148,11 @@ def test_rejected_requests_are_recorded_without_the_key(stack: Stack) -> None:
     # `sluice up` prints the dev key once, on its own line, by design; no service logs it.
     service_logs = "".join(line for line in stack.output if not line.startswith("sk-sluice-"))
     assert stack.dev_key not in service_logs
+
+
+def test_metrics_count_settled_requests(stack: Stack) -> None:
+    stack.client().chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=3)
+    text = httpx.get(stack.base_url.removesuffix("/v1") + "/metrics").text
+    assert 'sluice_requests_total{endpoint="/v1/chat/completions"' in text
+    assert 'sluice_tokens_total{kind="completion",model="smollm2-135m-instruct"}' in text
+    assert "sluice_time_to_first_token_seconds_bucket" in text
