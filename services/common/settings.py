@@ -51,7 +51,7 @@ class Settings(BaseSettings):
         default=8192, description="Longest prompt + completion served; capped by the model."
     )
     engine_prefill_tokens: int = Field(
-        default=512,
+        default=384,
         description="Prompt tokens processed between two decode steps (chunked prefill budget).",
     )
     engine_max_tokens_in_flight: int = Field(
