@@ -26,14 +26,29 @@ from services.pb.engine.v1 import engine_pb2
 
 _M = TypeVar("_M", bound=BaseModel)
 
+# Far above any prompt that fits the hosted models' context, far below what could hurt the edge.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
 # Per-message overhead of a chat template (role markers, separators), in tokens, used only to
 # bound the reservation from above.
 TEMPLATE_OVERHEAD_TOKENS = 16
 
 
 async def parse_body(request: Request, schema: type[_M]) -> _M:
+    size = 0
+    chunks = []
+    # Read incrementally so an oversized body is refused without being held in memory whole.
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise APIError(
+                413,
+                f"The request body is larger than {MAX_BODY_BYTES} bytes.",
+                code="request_too_large",
+            )
+        chunks.append(chunk)
     try:
-        body = await request.json()
+        body = json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict):

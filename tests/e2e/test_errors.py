@@ -156,3 +156,13 @@ def test_metrics_count_settled_requests(stack: Stack) -> None:
     assert 'sluice_requests_total{endpoint="/v1/chat/completions"' in text
     assert 'sluice_tokens_total{kind="completion",model="smollm2-135m-instruct"}' in text
     assert "sluice_time_to_first_token_seconds_bucket" in text
+
+
+def test_oversized_body_is_413(stack: Stack) -> None:
+    resp = httpx.post(
+        f"{stack.base_url}/chat/completions",
+        content=b"{" + b" " * (9 * 1024 * 1024) + b"}",
+        headers={"authorization": f"Bearer {stack.dev_key}", "content-type": "application/json"},
+    )
+    assert resp.status_code == 413
+    assert resp.json()["error"]["code"] == "request_too_large"
