@@ -26,6 +26,15 @@ from services.pb.engine.v1 import engine_pb2
 
 _M = TypeVar("_M", bound=BaseModel)
 
+# Engine answers that refuse a request (recorded as "rejected") rather than fail it ("error").
+REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
 # Far above any prompt that fits the hosted models' context, far below what could hurt the edge.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -200,7 +209,8 @@ async def handle(backends: Backends, request: Request, shape: Shape, timeout_s: 
         # (context too long, queue full) gets a proper HTTP error instead of a broken stream.
         first = await anext(stream)
     except grpc.aio.AioRpcError as exc:
-        await admission.settle("rejected")
+        refused = exc.code() in REFUSALS
+        await admission.settle("rejected" if refused else "error")
         raise from_grpc(exc, "engine") from None
     except StopAsyncIteration:
         await admission.settle("error")
