@@ -211,7 +211,7 @@ async def handle(backends: Backends, request: Request, shape: Shape, timeout_s: 
     except grpc.aio.AioRpcError as exc:
         refused = exc.code() in REFUSALS
         await admission.settle("rejected" if refused else "error")
-        raise from_grpc(exc, "engine") from None
+        raise _engine_error(exc, admission) from None
     except StopAsyncIteration:
         await admission.settle("error")
         raise APIError(500, "The engine ended the stream early.", type="server_error") from None
@@ -234,6 +234,13 @@ async def handle(backends: Backends, request: Request, shape: Shape, timeout_s: 
             headers={"cache-control": "no-cache", "x-request-id": admission.request_id},
         )
     return await _collect(shape, call, stream, first, admission, meta)
+
+
+def _engine_error(exc: grpc.aio.AioRpcError, admission: Admission) -> APIError:
+    """The engine's failure as the client sees it, naming the request the ledger knows."""
+    err = from_grpc(exc, "engine")
+    err.headers["x-request-id"] = admission.request_id
+    return err
 
 
 def envelope(meta: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -265,7 +272,7 @@ async def _collect(
             last = msg
     except grpc.aio.AioRpcError as exc:
         await admission.settle("error")
-        raise from_grpc(exc, "engine") from None
+        raise _engine_error(exc, admission) from None
     except BaseException:
         call.cancel()
         admission.settle("cancelled")

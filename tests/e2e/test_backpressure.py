@@ -1,4 +1,5 @@
-"""One slot and a queue of one: cancellation frees the slot, a full queue is refused with 429."""
+"""One slot, a queue of one and an 8-second deadline: cancellation and deadlines free the slot, a
+full queue is refused with 429."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tmp,
         SLUICE_ENGINE_MAX_BATCH="1",
         SLUICE_ENGINE_MAX_QUEUE="1",
+        SLUICE_REQUEST_TIMEOUT_S="8",
     )
     yield stack
     stop_stack(stack)
@@ -90,3 +92,19 @@ def test_full_queue_is_429_with_retry_after(small_stack: Stack) -> None:
     assert sorted(r.status_code for r in responses) == [200, 200, 429]
     statuses = [r["status"] for r in records(small_stack)]
     assert "rejected" in statuses
+
+
+def test_deadline_reaches_the_engine(small_stack: Stack) -> None:
+    headers = {"authorization": f"Bearer {small_stack.dev_key}"}
+    url = f"{small_stack.base_url}/chat/completions"
+    with httpx.Client(timeout=60) as client:
+        # 4000 tokens take far longer than the edge's 8 s deadline on this model.
+        slow = client.post(url, json=body(4000, stream=False), headers=headers)
+        assert slow.status_code == 504
+        assert slow.json()["error"]["type"] == "timeout"
+        # The engine dropped the sequence when the deadline cancelled the call: the only slot
+        # serves the next request at once.
+        after = client.post(url, json=body(4, stream=False), headers=headers)
+    assert after.status_code == 200
+    rec = {r["request_id"]: r for r in records(small_stack)}[slow.headers["x-request-id"]]
+    assert rec["status"] == "error"
