@@ -1,5 +1,6 @@
 """The stack under test: `python -m services.cli up` on free loopback ports with a throwaway
-SQLite data dir, started and stopped by the benchmark.
+data dir (SQLite unless a database URL is given), started and stopped by the benchmark and by the
+end-to-end tests.
 
 The same command a developer runs (`make run`), so the numbers include every hop a client pays
 for: edge, auth, metering and engine as four processes.
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,8 @@ class Stack:
     base_url: str  # http://127.0.0.1:PORT/v1
     engine_addr: str  # host:port of the engine's gRPC server, for direct calls
     key: str
-    output: collections.deque[str]  # the last lines `sluice up` printed, for diagnostics
+    output: collections.deque[str]  # the lines `sluice up` printed (the last ones, if bounded)
+    env: dict[str, str]  # the environment it runs with, for CLI calls against it
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -50,12 +52,18 @@ class Stack:
         return "".join(self.output)
 
 
-def stack_env(data_dir: Path, ports: dict[str, int], max_batch: int) -> dict[str, str]:
+def stack_env(
+    data_dir: Path,
+    ports: dict[str, int],
+    max_batch: int,
+    database_url: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """The environment for `sluice up`: inherited, minus any SLUICE_* the caller had set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     env.update(
         SLUICE_DATA_DIR=str(data_dir / "var"),
-        SLUICE_DATABASE_URL=f"sqlite+aiosqlite:///{data_dir / 'sluice.db'}",
+        SLUICE_DATABASE_URL=database_url or f"sqlite+aiosqlite:///{data_dir / 'sluice.db'}",
         SLUICE_MODELS_DIR=str(ROOT / "models"),
         SLUICE_MODEL_VARIANT="cpu-int4",
         SLUICE_AUTH_ADDR=f"127.0.0.1:{ports['auth']}",
@@ -66,21 +74,33 @@ def stack_env(data_dir: Path, ports: dict[str, int], max_batch: int) -> dict[str
         SLUICE_ENGINE_MAX_BATCH=str(max_batch),
         PYTHONUNBUFFERED="1",
     )
+    env.update(extra_env or {})
     return env
 
 
-def start_stack(data_dir: Path, *, max_batch: int = 32) -> Stack:
-    """Starts `sluice up` and returns once it has printed the dev key (all four services up)."""
+def start_stack(
+    data_dir: Path,
+    *,
+    max_batch: int = 32,
+    database_url: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    keep_lines: int | None = 200,
+) -> Stack:
+    """Starts `sluice up` and returns once it has printed the dev key (all four services up).
+
+    `keep_lines=None` keeps every line it prints (tests search the whole log for secrets).
+    """
     ports = {name: free_port() for name in ("auth", "metering", "engine", "edge")}
+    env = stack_env(data_dir, ports, max_batch, database_url, extra_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up"],
-        env=stack_env(data_dir, ports, max_batch),
+        env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    output: collections.deque[str] = collections.deque(maxlen=200)
+    output: collections.deque[str] = collections.deque(maxlen=keep_lines)
     keys: list[str] = []
     ready = threading.Event()
 
@@ -105,6 +125,7 @@ def start_stack(data_dir: Path, *, max_batch: int = 32) -> Stack:
         engine_addr=f"127.0.0.1:{ports['engine']}",
         key=keys[0],
         output=output,
+        env=env,
     )
 
 
@@ -117,6 +138,8 @@ def stop_stack(stack: Stack) -> None:
         except subprocess.TimeoutExpired:
             stack.proc.kill()
             stack.proc.wait()
+    if stack.proc.stdout is not None:
+        stack.proc.stdout.close()
 
 
 @contextmanager

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,28 +18,34 @@ import pytest
 from openai import OpenAI
 from sqlalchemy.engine import make_url
 
+from bench import stack as launcher
 from tests.conftest import DEFAULT_PG_DSN
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
 class Stack:
-    env: dict[str, str]
-    base_url: str
-    data_dir: Path
-    proc: subprocess.Popen[str]
-    dev_key: str
-    output: list[str] = field(default_factory=list)
+    """A running `sluice up` (see `bench.stack`) with the conveniences the tests use."""
+
+    run: launcher.Stack
     clients: list[OpenAI] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return self.run.base_url
+
+    @property
+    def dev_key(self) -> str:
+        return self.run.key
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.run.env
+
+    @property
+    def output(self) -> list[str]:
+        return list(self.run.output)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -58,69 +62,29 @@ class Stack:
         out = self.cli("keys", "create", "--org", org, "--name", name).stdout
         return out.strip().splitlines()[-1]
 
-    def client(self, key: str | None = None, **kwargs: object) -> OpenAI:
-        return OpenAI(base_url=self.base_url, api_key=key or self.dev_key, max_retries=0, **kwargs)  # type: ignore[arg-type]
-
-    def logs(self) -> str:
-        return "".join(self.output)
+    def client(self, key: str | None = None) -> OpenAI:
+        """An SDK client, closed when the stack stops."""
+        client = OpenAI(base_url=self.base_url, api_key=key or self.dev_key, max_retries=0)
+        self.clients.append(client)
+        return client
 
 
 def start_stack(database_url: str, tmp: Path, **extra_env: str) -> Stack:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-    ports = {name: free_port() for name in ("auth", "metering", "engine", "edge")}
-    env.update(
-        SLUICE_DATA_DIR=str(tmp / "var"),
-        SLUICE_DATABASE_URL=database_url,
-        SLUICE_MODELS_DIR=str(ROOT / "models"),
-        SLUICE_AUTH_ADDR=f"127.0.0.1:{ports['auth']}",
-        SLUICE_METERING_ADDR=f"127.0.0.1:{ports['metering']}",
-        SLUICE_ENGINE_ADDR=f"127.0.0.1:{ports['engine']}",
-        SLUICE_EDGE_PORT=str(ports["edge"]),
-        SLUICE_ENGINE_MAX_BATCH="8",
-        PYTHONUNBUFFERED="1",
+    run = launcher.start_stack(
+        tmp,
+        max_batch=int(extra_env.pop("SLUICE_ENGINE_MAX_BATCH", "8")),
+        database_url=database_url,
+        extra_env=extra_env,
+        keep_lines=None,
     )
-    env.update(extra_env)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            if line.startswith("sk-sluice-"):
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(START_TIMEOUT_S) or proc.poll() is not None:
-        proc.kill()
-        raise RuntimeError("stack did not start:\n" + "".join(output))
-    key = next(line.strip() for line in output if line.startswith("sk-sluice-"))
-    assert re.fullmatch(r"sk-sluice-\S+", key)
-    base = f"http://127.0.0.1:{ports['edge']}/v1"
-    stack = Stack(env, base, tmp / "var", proc, key, output)
-    return stack
+    assert re.fullmatch(r"sk-sluice-\S+", run.key)
+    return Stack(run)
 
 
 def stop_stack(stack: Stack) -> None:
     for client in stack.clients:
         client.close()
-    stack.proc.terminate()
-    try:
-        stack.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        stack.proc.kill()
-        stack.proc.wait()
-    if stack.proc.stdout is not None:
-        stack.proc.stdout.close()
+    launcher.stop_stack(stack.run)
 
 
 def create_pg_database(dsn: str) -> tuple[str, Callable[[], None]]:
