@@ -1,4 +1,4 @@
-"""One slot, a queue of one and an 8-second deadline: cancellation and deadlines free the slot, a
+"""One slot, a queue of one and a 20-second deadline: cancellation and deadlines free the slot, a
 full queue is refused with 429."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tmp,
         SLUICE_ENGINE_MAX_BATCH="1",
         SLUICE_ENGINE_MAX_QUEUE="1",
-        SLUICE_REQUEST_TIMEOUT_S="8",
+        SLUICE_REQUEST_TIMEOUT_S="20",
     )
     yield stack
     stop_stack(stack)
@@ -63,9 +63,12 @@ def test_disconnect_cancels_and_frees_the_slot(small_stack: Stack) -> None:
             time.sleep(0.1)
         assert rec is not None and rec["status"] == "cancelled"
         assert 0 < int(str(rec["completion_tokens"])) < 4000
-        # ...and the engine frees the only slot: two requests now both succeed (one runs, one
-        # waits in the queue of one). A slot still held would leave no room for the second.
-        time.sleep(0.5)
+        # ...and the engine frees the only slot. One request is served within the edge's 20 s
+        # deadline, which the 4000-token sequence would outlast had it kept the slot; it also
+        # waits out the cancellation's trip to the engine without guessing a sleep.
+        assert client.post(url, json=body(4, stream=False), headers=headers).status_code == 200
+        # Then two requests both succeed (one runs, one waits in the queue of one). A slot still
+        # held would leave no room for the second.
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             futures = [
                 pool.submit(client.post, url, json=body(4, stream=False), headers=headers)
@@ -98,7 +101,7 @@ def test_deadline_reaches_the_engine(small_stack: Stack) -> None:
     headers = {"authorization": f"Bearer {small_stack.dev_key}"}
     url = f"{small_stack.base_url}/chat/completions"
     with httpx.Client(timeout=60) as client:
-        # 4000 tokens take far longer than the edge's 8 s deadline on this model.
+        # 4000 tokens take far longer than the edge's 20 s deadline on this model.
         slow = client.post(url, json=body(4000, stream=False), headers=headers)
         assert slow.status_code == 504
         assert slow.json()["error"]["type"] == "timeout"
