@@ -14,11 +14,21 @@ class SluiceError(Exception):
 
     grpc_status = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, *, code: str = "", param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "",
+        param: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.param = param
+        # Extra trailing metadata for the caller, e.g. the x-ratelimit-* values of a refusal
+        # (copied to HTTP headers by the edge) or the ids of a refused key (for the ledger).
+        self.metadata = metadata or {}
 
 
 class InvalidArgument(SluiceError):

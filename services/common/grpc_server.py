@@ -37,6 +37,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             metadata.append((RETRY_AFTER_KEY, str(retry_after)))
+        metadata.extend(exc.metadata.items())
         context.set_trailing_metadata(tuple(metadata))
         await context.abort(exc.grpc_status, exc.message)
     log.exception("unhandled error in RPC", exc_info=exc)
