@@ -53,3 +53,11 @@ class ResourceExhausted(SluiceError):
 
 class Unavailable(SluiceError):
     grpc_status = grpc.StatusCode.UNAVAILABLE
+
+
+class AlreadyExists(SluiceError):
+    grpc_status = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(SluiceError):
+    grpc_status = grpc.StatusCode.FAILED_PRECONDITION

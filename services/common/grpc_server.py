@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 ERROR_CODE_KEY = "sluice-error-code"
 ERROR_PARAM_KEY = "sluice-error-param"
 RETRY_AFTER_KEY = "sluice-retry-after"
+# Set by a service that knows which HTTP status the client should see (an upstream provider's
+# failure, for one); the edge uses it instead of its gRPC-to-HTTP table.
+HTTP_STATUS_KEY = "sluice-http-status"
 GRACE_S = 5.0
 
 
