@@ -8,6 +8,7 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.auth.providers import ProviderStore
 from services.auth.servicer import SERVICE_NAME, add_to_server
 from services.auth.store import KeyStore
 from services.common.db import create_engine, migrate
@@ -24,9 +25,9 @@ async def run(settings: Settings) -> None:
     try:
         await migrate(engine, MIGRATIONS, VERSION_TABLE)
         store = KeyStore(engine, settings.resolved_key_secret())
-        await serve(
-            settings.auth_addr, functools.partial(add_to_server, store=store), [SERVICE_NAME]
-        )
+        providers = ProviderStore(engine, settings.resolved_credentials_key())
+        register = functools.partial(add_to_server, store=store, providers=providers)
+        await serve(settings.auth_addr, register, [SERVICE_NAME])
     finally:
         await engine.dispose()
 

@@ -1,12 +1,14 @@
-"""`KeyStore` on SQLite and PostgreSQL: create, authenticate, list, revoke."""
+"""`KeyStore` on SQLite and PostgreSQL: create, authenticate, list, revoke; hot-path queries."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import UTC
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.auth import keys
@@ -125,7 +127,7 @@ async def test_losing_the_org_creation_race_reads_the_winner(
     store: KeyStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     winner, _ = await store.create_key("acme", "first")
-    real_find = store._find_org
+    real_find = store.orgs._find_org
     calls = 0
 
     async def stale_then_real(name: str) -> Organization | None:
@@ -134,7 +136,42 @@ async def test_losing_the_org_creation_race_reads_the_winner(
         calls += 1
         return None if calls == 1 else await real_find(name)
 
-    monkeypatch.setattr(store, "_find_org", stale_then_real)
+    monkeypatch.setattr(store.orgs, "_find_org", stale_then_real)
     loser, _ = await store.create_key("acme", "second")
     assert calls == 2
     assert loser.org_id == winner.org_id
+
+
+@pytest.fixture
+def statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """Every SQL statement the engine sends while the test runs."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+@pytest.mark.parametrize("supplied", ["nope", "sk-sluice-typo", keys.generate_key()[:-1] + "!"])
+async def test_malformed_keys_never_reach_the_database(
+    store: KeyStore, statements: list[str], supplied: str
+) -> None:
+    await store.create_key("acme", "web")
+    statements.clear()
+    with pytest.raises(Unauthenticated):
+        await store.authenticate(supplied, "10.0.0.1", "smollm2")
+    assert statements == []
+
+
+async def test_authenticate_is_one_query(store: KeyStore, statements: list[str]) -> None:
+    _, secret = await store.create_key(
+        "acme", "web", allowed_ips=["10.0.0.0/8"], allowed_models=["smollm2"]
+    )
+    statements.clear()
+    await store.authenticate(secret, "10.0.0.1", "smollm2")
+    assert len(statements) == 1
