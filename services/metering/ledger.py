@@ -1,232 +1,218 @@
-"""Metering's domain logic: admission, settlement and the usage ledger. No gRPC here.
+"""Metering's domain entry point: the `Ledger` the servicer calls, and the usage queries.
 
-A request is admitted (a reservation is written), runs, and is settled (one usage record is
-written and the reservation closed, in one transaction committed before `settle` returns).
+`Ledger` puts together plans and policies (`plans`), admission and settlement (`admission`)
+and reads of the usage records and budget counters. No gRPC here.
 """
 
 from __future__ import annotations
 
-import logging
-import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from services.common.errors import InvalidArgument
-from services.metering.models import ReservationRow, UsageRow
+from services.metering import budgets
+from services.metering.admission import Admissions, Admitted
+from services.metering.budgets import BudgetState
+from services.metering.plans import PlanStore, Quota
+from services.metering.records import USAGE, UsageRecord, from_row
 
-log = logging.getLogger(__name__)
+__all__ = ["Admitted", "BudgetState", "Ledger", "UsageRecord", "UsageTotal"]
 
-STATUSES = frozenset({"ok", "error", "cancelled", "rejected"})
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
+DEFAULT_RESERVATION_TTL_S = 900.0
+DAY_MS = 86_400_000
+GROUPS = ("day", "key", "model", "project")
 
 
 @dataclass(frozen=True)
-class UsageRecord:
-    """One finished request, as the ledger returns it."""
+class UsageTotal:
+    """Totals of the records of one group (a UTC day "YYYY-MM-DD", a key, model or project)."""
 
-    id: str
-    created_at: datetime  # aware, UTC
-    created_ms: int
-    request_id: str
-    reservation_id: str | None
-    org_id: str
-    key_id: str
-    model: str
-    model_digest: str
-    endpoint: str
+    group: str
+    requests: int
     prompt_tokens: int
     completion_tokens: int
-    status: str
-    latency_ms: float
-    ttft_ms: float
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
 
-def _require(value: str, name: str) -> None:
-    if not value:
-        raise InvalidArgument(f"{name} is required", param=name)
-
-
-def _non_negative(value: float, name: str) -> None:
-    if value < 0:
-        raise InvalidArgument(f"{name} must not be negative", param=name)
-
-
-def _record(row: UsageRow) -> UsageRecord:
-    return UsageRecord(
-        id=row.id,
-        created_at=row.created_at,
-        created_ms=row.created_ms,
-        request_id=row.request_id,
-        reservation_id=row.reservation_id,
-        org_id=row.org_id,
-        key_id=row.key_id,
-        model=row.model,
-        model_digest=row.model_digest,
-        endpoint=row.endpoint,
-        prompt_tokens=row.prompt_tokens,
-        completion_tokens=row.completion_tokens,
-        status=row.status,
-        latency_ms=row.latency_ms,
-        ttft_ms=row.ttft_ms,
-    )
+def _filters(
+    *, org_id: str, project_id: str, key_id: str, model: str, start_ms: int, end_ms: int
+) -> list[ColumnElement[bool]]:
+    """WHERE terms of a usage filter; empty fields match everything, the range is [start, end)."""
+    if start_ms < 0 or end_ms < 0:
+        raise InvalidArgument("start_ms and end_ms must not be negative", param="filter")
+    terms = []
+    for column, value in (
+        (USAGE.c.org_id, org_id),
+        (USAGE.c.project_id, project_id),
+        (USAGE.c.key_id, key_id),
+        (USAGE.c.model, model),
+    ):
+        if value:
+            terms.append(column == value)
+    if start_ms:
+        terms.append(USAGE.c.created_ms >= start_ms)
+    if end_ms:
+        terms.append(USAGE.c.created_ms < end_ms)
+    return terms
 
 
 class Ledger:
-    """Reservations and usage records over one database."""
+    """Admission, settlement, plans, policies, budgets and the usage ledger over one database.
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+    `clock` (unix seconds) stamps records, places budget periods and drives the rate-limit
+    windows; tests pass a fake one.
+    """
 
-    async def admit(
+    def __init__(
         self,
+        engine: AsyncEngine,
         *,
-        org_id: str,
-        key_id: str,
-        model: str,
-        upper_bound_tokens: int,
-        endpoint: str = "",
-        request_id: str = "",
-    ) -> str:
-        """Admits a request and reserves its upper bound of tokens; returns the reservation id.
-
-        Rate limits, concurrency caps and token budgets plug in here, checked and reserved in
-        the same transaction as the reservation row, and refuse with `ResourceExhausted`.
-        """
-        _require(org_id, "org_id")
-        _require(key_id, "key_id")
-        _require(model, "model")
-        _non_negative(upper_bound_tokens, "upper_bound_tokens")
-        reservation_id = "res_" + secrets.token_hex(12)
-        async with self._sessions.begin() as session:
-            session.add(
-                ReservationRow(
-                    id=reservation_id,
-                    org_id=org_id,
-                    key_id=key_id,
-                    model=model,
-                    endpoint=endpoint,
-                    request_id=request_id,
-                    upper_bound_tokens=upper_bound_tokens,
-                    created_at=datetime.now(UTC),
-                    settled_at=None,
-                )
-            )
-        return reservation_id
-
-    async def settle(
-        self,
-        *,
-        reservation_id: str,
-        org_id: str,
-        key_id: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        status: str,
-        model_digest: str = "",
-        endpoint: str = "",
-        latency_ms: float = 0.0,
-        ttft_ms: float = 0.0,
-        request_id: str = "",
-    ) -> UsageRecord:
-        """Writes the usage record and closes the reservation, durably, in one transaction.
-
-        Settling a reservation again returns the first record unchanged. An unknown
-        reservation id is logged and its usage still recorded: losing usage is worse than an
-        odd record. An empty `reservation_id` (a request refused before admission) records
-        usage without idempotency.
-        """
-        if status not in STATUSES:
-            raise InvalidArgument(
-                f"status must be one of {', '.join(sorted(STATUSES))}", param="status"
-            )
-        for value, name in (
-            (prompt_tokens, "prompt_tokens"),
-            (completion_tokens, "completion_tokens"),
-            (latency_ms, "latency_ms"),
-            (ttft_ms, "ttft_ms"),
-        ):
-            _non_negative(value, name)
-        if reservation_id and (done := await self._by_reservation(reservation_id)) is not None:
-            return done
-
-        created_ms = int(datetime.now(UTC).timestamp() * 1000)
-        created_at = datetime.fromtimestamp(created_ms / 1000, UTC)
-        try:
-            async with self._sessions.begin() as session:
-                reservation = None
-                if reservation_id:
-                    reservation = await session.get(ReservationRow, reservation_id)
-                    if reservation is None:
-                        log.warning(
-                            "settling unknown reservation %s; recording anyway", reservation_id
-                        )
-                    else:
-                        # The admitted principal is the one billed, whatever the caller says.
-                        org_id, key_id = reservation.org_id, reservation.key_id
-                        # Conditional, so a racing settle cannot move the first settle time.
-                        await session.execute(
-                            update(ReservationRow)
-                            .where(
-                                ReservationRow.id == reservation_id,
-                                ReservationRow.settled_at.is_(None),
-                            )
-                            .values(settled_at=created_at)
-                            .execution_options(synchronize_session=False)
-                        )
-                row = UsageRow(
-                    id="usage_" + secrets.token_hex(12),
-                    created_at=created_at,
-                    created_ms=created_ms,
-                    request_id=request_id or (reservation.request_id if reservation else ""),
-                    reservation_id=reservation_id or None,
-                    org_id=org_id,
-                    key_id=key_id,
-                    model=model,
-                    model_digest=model_digest,
-                    endpoint=endpoint or (reservation.endpoint if reservation else ""),
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    status=status,
-                    latency_ms=latency_ms,
-                    ttft_ms=ttft_ms,
-                )
-                session.add(row)
-        except IntegrityError:
-            # A concurrent settle of the same reservation won the unique constraint.
-            if reservation_id and (done := await self._by_reservation(reservation_id)):
-                return done
-            raise
-        return _record(row)
-
-    async def _by_reservation(self, reservation_id: str) -> UsageRecord | None:
-        async with self._sessions() as session:
-            row = await session.scalar(
-                select(UsageRow).where(UsageRow.reservation_id == reservation_id)
-            )
-        return _record(row) if row is not None else None
+        clock: Callable[[], float] = time.time,
+        reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S,
+    ) -> None:
+        if reservation_ttl_s <= 0:
+            raise ValueError("reservation_ttl_s must be positive")
+        self._engine = engine
+        self._clock = clock
+        self.reservation_ttl_s = reservation_ttl_s
+        self.plans = PlanStore(engine)
+        self.admissions = Admissions(
+            engine, self.plans, clock=clock, reservation_ttl_s=reservation_ttl_s
+        )
+        # The domain operations, as the servicer and tests call them.
+        self.admit = self.admissions.admit
+        self.settle = self.admissions.settle
+        self.expire_stale = self.admissions.expire_stale
+        self.recover = self.admissions.recover
+        self.put_plan = self.plans.put_plan
+        self.list_plans = self.plans.list_plans
+        self.set_policy = self.plans.set_policy
+        self.get_policy = self.plans.get_policy
 
     async def query_usage(
-        self, *, org_id: str = "", key_id: str = "", limit: int = 0
+        self,
+        *,
+        org_id: str = "",
+        project_id: str = "",
+        key_id: str = "",
+        model: str = "",
+        start_ms: int = 0,
+        end_ms: int = 0,
+        limit: int = 0,
     ) -> list[UsageRecord]:
         """Usage records, newest first; empty filters match everything, 0 means the default."""
         if limit < 0:
             raise InvalidArgument("limit must not be negative", param="limit")
         limit = min(limit or DEFAULT_LIMIT, MAX_LIMIT)
-        stmt = select(UsageRow).order_by(UsageRow.created_ms.desc(), UsageRow.id.desc())
-        if org_id:
-            stmt = stmt.where(UsageRow.org_id == org_id)
-        if key_id:
-            stmt = stmt.where(UsageRow.key_id == key_id)
-        async with self._sessions() as session:
-            rows = (await session.scalars(stmt.limit(limit))).all()
-        return [_record(r) for r in rows]
+        terms = _filters(
+            org_id=org_id,
+            project_id=project_id,
+            key_id=key_id,
+            model=model,
+            start_ms=start_ms,
+            end_ms=end_ms,
+        )
+        stmt = (
+            select(USAGE)
+            .where(*terms)
+            .order_by(USAGE.c.created_ms.desc(), USAGE.c.id.desc())
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [from_row(r) for r in rows]
+
+    async def summarize_usage(
+        self,
+        group_by: str,
+        *,
+        org_id: str = "",
+        project_id: str = "",
+        key_id: str = "",
+        model: str = "",
+        start_ms: int = 0,
+        end_ms: int = 0,
+    ) -> list[UsageTotal]:
+        """Request counts and token sums per group, ordered by group ("" reads as "day")."""
+        group_by = group_by or "day"
+        if group_by not in GROUPS:
+            raise InvalidArgument(f"group_by must be one of {', '.join(GROUPS)}", param="group_by")
+        terms = _filters(
+            org_id=org_id,
+            project_id=project_id,
+            key_id=key_id,
+            model=model,
+            start_ms=start_ms,
+            end_ms=end_ms,
+        )
+        # Days are bucketed by integer division in SQL, which both dialects do alike, and
+        # formatted here; date functions differ between PostgreSQL and SQLite.
+        group: ColumnElement[Any] = {
+            "day": USAGE.c.created_ms // DAY_MS,
+            "key": USAGE.c.key_id,
+            "model": USAGE.c.model,
+            "project": USAGE.c.project_id,
+        }[group_by]
+        stmt = (
+            select(
+                group.label("grp"),
+                func.count().label("requests"),
+                func.coalesce(func.sum(USAGE.c.prompt_tokens), 0).label("prompt"),
+                func.coalesce(func.sum(USAGE.c.completion_tokens), 0).label("completion"),
+            )
+            .where(*terms)
+            .group_by(group)
+            .order_by(group)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            UsageTotal(
+                group=_day(int(grp)) if group_by == "day" else str(grp),
+                requests=int(requests),
+                prompt_tokens=int(prompt),
+                completion_tokens=int(completion),
+            )
+            for grp, requests, prompt, completion in rows
+        ]
+
+    async def get_budgets(
+        self,
+        *,
+        org_id: str,
+        project_id: str = "",
+        key_id: str = "",
+        key_quota: Quota | None = None,
+    ) -> list[BudgetState]:
+        """The current period's counter of every budget that applies to this principal."""
+        if not org_id:
+            raise InvalidArgument("org_id is required", param="org_id")
+        quota = (key_quota or Quota()).validated("key_quota")
+        if not key_id:
+            quota = Quota()
+        governing = await self.plans.governing(org_id, project_id)
+        wanted = budgets.applicable(
+            org_id=org_id,
+            project_id=project_id,
+            key_id=key_id,
+            key_quota=quota,
+            governing=governing,
+        )
+        async with self._engine.connect() as conn:
+            return await budgets.read(conn, wanted, self._clock())
+
+
+def _day(index: int) -> str:
+    return datetime.fromtimestamp(index * DAY_MS / 1000, UTC).date().isoformat()

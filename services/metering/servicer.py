@@ -1,14 +1,18 @@
 """The `sluice.metering.v1.MeteringService` gRPC servicer: decodes, calls `Ledger`, encodes.
 
 Errors are not handled here: `services.common.grpc_server.ErrorInterceptor` maps the ledger's
-domain exceptions to gRPC statuses in one place.
+domain exceptions (refusals with their retry-after and x-ratelimit-* metadata included) to gRPC
+statuses in one place.
 """
 
 from __future__ import annotations
 
 import grpc
 
-from services.metering.ledger import Ledger, UsageRecord
+from services.metering.budgets import BudgetState
+from services.metering.ledger import Ledger, UsageRecord, UsageTotal
+from services.metering.plans import Plan, Policy, Quota
+from services.metering.ratelimit import RateLimitState
 from services.pb.metering.v1 import metering_pb2, metering_pb2_grpc
 
 SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
@@ -30,6 +34,79 @@ def encode_record(r: UsageRecord) -> metering_pb2.UsageRecord:
         latency_ms=r.latency_ms,
         request_id=r.request_id,
         ttft_ms=r.ttft_ms,
+        project_id=r.project_id,
+        client_ip=r.client_ip,
+        provider=r.provider,
+    )
+
+
+def decode_quota(q: metering_pb2.Quota) -> Quota:
+    return Quota(
+        rpm=q.rpm,
+        tpm=q.tpm,
+        max_concurrent=q.max_concurrent,
+        budget_tokens=q.budget_tokens,
+        budget_period=q.budget_period,
+    )
+
+
+def encode_quota(q: Quota) -> metering_pb2.Quota:
+    return metering_pb2.Quota(
+        rpm=q.rpm,
+        tpm=q.tpm,
+        max_concurrent=q.max_concurrent,
+        budget_tokens=q.budget_tokens,
+        budget_period=q.budget_period,
+    )
+
+
+def encode_plan(p: Plan) -> metering_pb2.Plan:
+    return metering_pb2.Plan(
+        name=p.name,
+        monthly_tokens=p.monthly_tokens,
+        rpm=p.rpm,
+        tpm=p.tpm,
+        max_concurrent=p.max_concurrent,
+        max_context=p.max_context,
+    )
+
+
+def encode_policy(p: Policy) -> metering_pb2.Policy:
+    return metering_pb2.Policy(
+        scope=p.scope, scope_id=p.scope_id, plan=p.plan, quota=encode_quota(p.quota)
+    )
+
+
+def encode_rate_limits(s: RateLimitState) -> metering_pb2.RateLimitState:
+    return metering_pb2.RateLimitState(
+        limit_requests=s.limit_requests,
+        remaining_requests=s.remaining_requests,
+        reset_requests_ms=s.reset_requests_ms,
+        limit_tokens=s.limit_tokens,
+        remaining_tokens=s.remaining_tokens,
+        reset_tokens_ms=s.reset_tokens_ms,
+    )
+
+
+def encode_total(t: UsageTotal) -> metering_pb2.UsageTotal:
+    return metering_pb2.UsageTotal(
+        group=t.group,
+        requests=t.requests,
+        prompt_tokens=t.prompt_tokens,
+        completion_tokens=t.completion_tokens,
+        total_tokens=t.total_tokens,
+    )
+
+
+def encode_budget(b: BudgetState) -> metering_pb2.BudgetState:
+    return metering_pb2.BudgetState(
+        scope=b.scope,
+        scope_id=b.scope_id,
+        period=b.period,
+        period_start_ms=b.period_start_ms,
+        limit_tokens=b.limit_tokens,
+        used_tokens=b.used_tokens,
+        reserved_tokens=b.reserved_tokens,
     )
 
 
@@ -40,15 +117,24 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def Admit(
         self, request: metering_pb2.AdmitRequest, context: grpc.aio.ServicerContext
     ) -> metering_pb2.AdmitResponse:
-        reservation_id = await self._ledger.admit(
+        admitted = await self._ledger.admit(
             org_id=request.org_id,
             key_id=request.key_id,
             model=request.model,
             upper_bound_tokens=request.upper_bound_tokens,
             endpoint=request.endpoint,
             request_id=request.request_id,
+            project_id=request.project_id,
+            key_quota=decode_quota(request.key_quota),
+            client_ip=request.client_ip,
+            provider=request.provider,
         )
-        return metering_pb2.AdmitResponse(reservation_id=reservation_id)
+        return metering_pb2.AdmitResponse(
+            reservation_id=admitted.reservation_id,
+            rate_limits=encode_rate_limits(admitted.rate_limits),
+            max_context=admitted.max_context,
+            reserved_tokens=admitted.reserved_tokens,
+        )
 
     async def Settle(
         self, request: metering_pb2.SettleRequest, context: grpc.aio.ServicerContext
@@ -66,16 +152,92 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             latency_ms=request.latency_ms,
             ttft_ms=request.ttft_ms,
             request_id=request.request_id,
+            project_id=request.project_id,
+            client_ip=request.client_ip,
+            provider=request.provider,
         )
         return metering_pb2.SettleResponse(record=encode_record(record))
 
     async def QueryUsage(
         self, request: metering_pb2.QueryUsageRequest, context: grpc.aio.ServicerContext
     ) -> metering_pb2.QueryUsageResponse:
+        f = request.filter
         records = await self._ledger.query_usage(
-            org_id=request.org_id, key_id=request.key_id, limit=request.limit
+            # The top-level ids are kept for older callers; the filter's win when both are set.
+            org_id=f.org_id or request.org_id,
+            key_id=f.key_id or request.key_id,
+            project_id=f.project_id,
+            model=f.model,
+            start_ms=f.start_ms,
+            end_ms=f.end_ms,
+            limit=request.limit,
         )
         return metering_pb2.QueryUsageResponse(records=[encode_record(r) for r in records])
+
+    async def SummarizeUsage(
+        self, request: metering_pb2.SummarizeUsageRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.SummarizeUsageResponse:
+        f = request.filter
+        totals = await self._ledger.summarize_usage(
+            request.group_by,
+            org_id=f.org_id,
+            project_id=f.project_id,
+            key_id=f.key_id,
+            model=f.model,
+            start_ms=f.start_ms,
+            end_ms=f.end_ms,
+        )
+        return metering_pb2.SummarizeUsageResponse(totals=[encode_total(t) for t in totals])
+
+    async def PutPlan(
+        self, request: metering_pb2.Plan, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.Plan:
+        plan = await self._ledger.put_plan(
+            Plan(
+                name=request.name,
+                monthly_tokens=request.monthly_tokens,
+                rpm=request.rpm,
+                tpm=request.tpm,
+                max_concurrent=request.max_concurrent,
+                max_context=request.max_context,
+            )
+        )
+        return encode_plan(plan)
+
+    async def ListPlans(
+        self, request: metering_pb2.ListPlansRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.ListPlansResponse:
+        plans = await self._ledger.list_plans()
+        return metering_pb2.ListPlansResponse(plans=[encode_plan(p) for p in plans])
+
+    async def SetPolicy(
+        self, request: metering_pb2.Policy, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.Policy:
+        policy = await self._ledger.set_policy(
+            Policy(
+                scope=request.scope,
+                scope_id=request.scope_id,
+                plan=request.plan,
+                quota=decode_quota(request.quota),
+            )
+        )
+        return encode_policy(policy)
+
+    async def GetPolicy(
+        self, request: metering_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.Policy:
+        return encode_policy(await self._ledger.get_policy(request.scope, request.scope_id))
+
+    async def GetBudgets(
+        self, request: metering_pb2.GetBudgetsRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.GetBudgetsResponse:
+        states = await self._ledger.get_budgets(
+            org_id=request.org_id,
+            project_id=request.project_id,
+            key_id=request.key_id,
+            key_quota=decode_quota(request.key_quota),
+        )
+        return metering_pb2.GetBudgetsResponse(budgets=[encode_budget(b) for b in states])
 
 
 def add_to_server(server: grpc.aio.Server, ledger: Ledger) -> None:

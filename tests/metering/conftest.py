@@ -1,4 +1,5 @@
-"""A migrated metering schema, a `Ledger` and its gRPC server, on each database of `db_url`."""
+"""A migrated metering schema, a `Ledger` on a fake clock and its gRPC server, on each database
+of `db_url`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,28 @@ from services.metering.ledger import Ledger
 from services.metering.main import MIGRATIONS, VERSION_TABLE
 from services.metering.servicer import SERVICE_NAME, add_to_server
 
+# 2025-03-14 12:00:00 UTC: mid-day, mid-month, so period boundaries are far unless a test moves.
+START = 1_741_953_600.0
+TTL_S = 900.0
+
+
+class FakeClock:
+    """Unix seconds that move only when a test says so."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
 
 @pytest.fixture
 async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
@@ -26,8 +49,8 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def ledger(engine: AsyncEngine) -> Ledger:
-    return Ledger(engine)
+def ledger(engine: AsyncEngine, clock: FakeClock) -> Ledger:
+    return Ledger(engine, clock=clock, reservation_ttl_s=TTL_S)
 
 
 @pytest.fixture

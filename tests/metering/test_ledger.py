@@ -1,4 +1,4 @@
-"""`Ledger` on SQLite and PostgreSQL: admit, settle (durable, idempotent) and query."""
+"""`Ledger` on SQLite and PostgreSQL: admit, settle (durable, idempotent), queries and summaries."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.db import create_engine
 from services.common.errors import InvalidArgument
 from services.metering.ledger import Ledger
+from tests.metering.conftest import FakeClock
 
 
 def usage(reservation_id: str, **overrides: Any) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def usage(reservation_id: str, **overrides: Any) -> dict[str, Any]:
 
 
 async def admit(ledger: Ledger, org_id: str = "org1", key_id: str = "key_1") -> str:
-    return await ledger.admit(
+    admitted = await ledger.admit(
         org_id=org_id,
         key_id=key_id,
         model="smollm2-135m-instruct",
@@ -42,6 +43,7 @@ async def admit(ledger: Ledger, org_id: str = "org1", key_id: str = "key_1") -> 
         endpoint="/v1/chat/completions",
         request_id="req_1",
     )
+    return admitted.reservation_id
 
 
 async def test_admit_writes_an_open_reservation(ledger: Ledger, engine: AsyncEngine) -> None:
@@ -124,12 +126,12 @@ async def test_usage_without_reservation_is_recorded_each_time(ledger: Ledger) -
     assert len(await ledger.query_usage()) == 2
 
 
-async def test_query_filters_newest_first_and_limits(ledger: Ledger) -> None:
+async def test_query_filters_newest_first_and_limits(ledger: Ledger, clock: FakeClock) -> None:
     ids = []
     for org, key in [("o1", "k1"), ("o1", "k2"), ("o2", "k3"), ("o1", "k1")]:
         rid = await admit(ledger, org_id=org, key_id=key)
         ids.append((await ledger.settle(**usage(rid))).id)
-        await asyncio.sleep(0.002)  # distinct created_ms, so the order is by time
+        clock.advance(0.002)  # distinct created_ms, so the order is by time
     assert [r.id for r in await ledger.query_usage()] == ids[::-1]
     assert [r.id for r in await ledger.query_usage(org_id="o1")] == [ids[3], ids[1], ids[0]]
     assert [r.id for r in await ledger.query_usage(org_id="o1", key_id="k1")] == [ids[3], ids[0]]
@@ -162,3 +164,94 @@ async def test_admit_rejects_invalid_requests(ledger: Ledger, overrides: dict[st
 async def test_query_rejects_negative_limit(ledger: Ledger) -> None:
     with pytest.raises(InvalidArgument):
         await ledger.query_usage(limit=-1)
+
+
+DAY_MS = 86_400_000
+
+
+async def record_at(
+    ledger: Ledger, clock: FakeClock, at_ms: int, prompt: int, completion: int, **who: str
+) -> str:
+    clock.now = at_ms / 1000
+    admitted = await ledger.admit(
+        org_id=who.get("org_id", "o1"),
+        project_id=who.get("project_id", "p1"),
+        key_id=who.get("key_id", "k1"),
+        model=who.get("model", "m1"),
+        upper_bound_tokens=100,
+    )
+    fields = usage(
+        admitted.reservation_id,
+        model=who.get("model", "m1"),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+    )
+    return (await ledger.settle(**fields)).id
+
+
+async def test_query_filters_by_project_model_and_time_range(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    t = 1_741_910_400_000  # 2025-03-14 00:00 UTC
+    a = await record_at(ledger, clock, t + 1000, 1, 1, project_id="p1", model="m1")
+    b = await record_at(ledger, clock, t + 2000, 1, 1, project_id="p2", model="m1")
+    c = await record_at(ledger, clock, t + 3000, 1, 1, project_id="p1", model="m2")
+    ids = lambda records: [r.id for r in records]  # noqa: E731
+    assert ids(await ledger.query_usage(project_id="p1")) == [c, a]
+    assert ids(await ledger.query_usage(model="m1")) == [b, a]
+    assert ids(await ledger.query_usage(project_id="p1", model="m2")) == [c]
+    assert ids(await ledger.query_usage(start_ms=t + 2000)) == [c, b]
+    assert ids(await ledger.query_usage(end_ms=t + 2000)) == [a]  # end is exclusive
+    assert ids(await ledger.query_usage(start_ms=t + 1000, end_ms=t + 3000)) == [b, a]
+    with pytest.raises(InvalidArgument):
+        await ledger.query_usage(start_ms=-1)
+
+
+async def test_records_keep_project_ip_and_provider(ledger: Ledger) -> None:
+    admitted = await ledger.admit(
+        org_id="o", project_id="p", key_id="k", model="m", upper_bound_tokens=1,
+        client_ip="2001:db8::1", provider="anthropic",
+    )  # fmt: skip
+    record = await ledger.settle(**usage(admitted.reservation_id, org_id="o", key_id="k"))
+    assert (record.project_id, record.client_ip, record.provider) == (
+        "p",
+        "2001:db8::1",
+        "anthropic",
+    )
+    (read,) = await ledger.query_usage()
+    assert read == record
+
+
+async def test_summaries_by_day_key_model_and_project(ledger: Ledger, clock: FakeClock) -> None:
+    t = 1_741_910_400_000  # 2025-03-14 00:00 UTC
+    await record_at(ledger, clock, t + 5, 10, 1, key_id="k1", model="m1", project_id="p1")
+    await record_at(ledger, clock, t + DAY_MS - 1, 20, 2, key_id="k2", model="m1", project_id="p1")
+    await record_at(ledger, clock, t + DAY_MS, 30, 3, key_id="k1", model="m2", project_id="p2")
+    await record_at(ledger, clock, t + 3 * DAY_MS, 40, 4, key_id="k1", model="m1", project_id="p2")
+
+    def rows(totals: list[Any]) -> list[tuple[Any, ...]]:
+        return [
+            (t.group, t.requests, t.prompt_tokens, t.completion_tokens, t.total_tokens)
+            for t in totals
+        ]
+
+    assert rows(await ledger.summarize_usage("day")) == [
+        ("2025-03-14", 2, 30, 3, 33),
+        ("2025-03-15", 1, 30, 3, 33),
+        ("2025-03-17", 1, 40, 4, 44),
+    ]
+    assert rows(await ledger.summarize_usage("key")) == [("k1", 3, 80, 8, 88), ("k2", 1, 20, 2, 22)]
+    assert rows(await ledger.summarize_usage("model")) == [
+        ("m1", 3, 70, 7, 77),
+        ("m2", 1, 30, 3, 33),
+    ]
+    assert rows(await ledger.summarize_usage("project", model="m1")) == [
+        ("p1", 2, 30, 3, 33),
+        ("p2", 1, 40, 4, 44),
+    ]
+    assert rows(
+        await ledger.summarize_usage("day", start_ms=t + DAY_MS, end_ms=t + 2 * DAY_MS)
+    ) == [("2025-03-15", 1, 30, 3, 33)]
+    assert await ledger.summarize_usage("key", org_id="nobody") == []
+    with pytest.raises(InvalidArgument):
+        await ledger.summarize_usage("week")

@@ -1,0 +1,420 @@
+"""Admission and settlement: rate limits in memory, budgets and reservations in one transaction.
+
+Admit checks and records the request in the rate-limit windows (no await in between), then
+holds its upper bound of tokens on every budget and writes the reservation, in one database
+transaction. Settle charges the actual usage, releases the holds and writes the usage record in
+one transaction committed before it returns. Reservations that are never settled expire: their
+holds go back and an "expired" record is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.errors import InvalidArgument
+from services.common.sqltypes import UTCDateTime
+from services.metering import budgets
+from services.metering.models import reservations
+from services.metering.plans import Governing, PlanStore, Quota
+from services.metering.ratelimit import Limits, RateLimiter, RateLimitState, Ticket
+from services.metering.records import (
+    SETTLE_STATUSES,
+    USAGE,
+    UsageRecord,
+    from_row,
+    insert_values,
+    new_record,
+)
+from services.metering.refusals import Refusal
+from services.metering.transactions import write_transaction
+
+log = logging.getLogger(__name__)
+
+RESERVATIONS = reservations
+# Built once: values go in as parameters, so the compiled statement is cached and reused.
+INSERT_RESERVATION = insert(RESERVATIONS)
+INSERT_USAGE = insert(USAGE)
+CLOSE_RESERVATION = (
+    update(RESERVATIONS)
+    .where(RESERVATIONS.c.id == bindparam("rid"), RESERVATIONS.c.settled_at.is_(None))
+    .values(settled_at=bindparam("closed_at", type_=UTCDateTime()))
+)
+READ_RESERVATION = select(RESERVATIONS).where(RESERVATIONS.c.id == bindparam("rid"))
+EXPIRE_BATCH = 500
+# What an "expired" record copies from its reservation.
+EXPIRED_RECORD_FIELDS = (
+    "org_id", "project_id", "key_id", "model", "endpoint", "request_id", "client_ip", "provider",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """An admitted request: its reservation and the rate-limit values to show the client."""
+
+    reservation_id: str
+    rate_limits: RateLimitState
+    max_context: int  # the organization's plan's context cap; 0 = none
+    reserved_tokens: int
+
+
+def _require(value: str, name: str) -> None:
+    if not value:
+        raise InvalidArgument(f"{name} is required", param=name)
+
+
+def _non_negative(value: float, name: str) -> None:
+    if value < 0:
+        raise InvalidArgument(f"{name} must not be negative", param=name)
+
+
+def _utc(now: float) -> datetime:
+    return datetime.fromtimestamp(now, UTC)
+
+
+def rate_limits(
+    *, org_id: str, project_id: str, key_id: str, key_quota: Quota, governing: Governing
+) -> list[Limits]:
+    """The windows a request counts in: its key, project, organization and the org's plan."""
+    found = [
+        Limits(
+            "key", key_id, f"key {key_id}", key_quota.rpm, key_quota.tpm, key_quota.max_concurrent
+        )
+    ]
+    if project_id and governing.project is not None:
+        q = governing.project.quota
+        found.append(
+            Limits("project", project_id, f"project {project_id}", q.rpm, q.tpm, q.max_concurrent)
+        )
+    if governing.org is not None:
+        q = governing.org.quota
+        label = f"organization {org_id}"
+        found.append(Limits("org", org_id, label, q.rpm, q.tpm, q.max_concurrent))
+    plan = governing.plan
+    if plan is not None:
+        # The plan is a ceiling over the whole organization, whatever its own policy says.
+        label = f"plan {plan.name} of organization {org_id}"
+        found.append(Limits("plan", org_id, label, plan.rpm, plan.tpm, plan.max_concurrent))
+    return [lim for lim in found if lim.active]
+
+
+def _scopes(org_id: str, project_id: str, key_id: str) -> list[tuple[str, str]]:
+    scopes = [("key", key_id), ("org", org_id), ("plan", org_id)]
+    if project_id:
+        scopes.append(("project", project_id))
+    return scopes
+
+
+class Admissions:
+    """Admit, settle and expire reservations; owns the in-memory rate-limit state."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        plans: PlanStore,
+        *,
+        clock: Callable[[], float],
+        reservation_ttl_s: float,
+    ) -> None:
+        self._engine = engine
+        self._plans = plans
+        self._clock = clock
+        self._ttl_s = reservation_ttl_s
+        self.limiter = RateLimiter()
+        # Admitted and not yet settled or expired: what each holds in the windows.
+        self._inflight: dict[str, Ticket] = {}
+
+    async def admit(
+        self,
+        *,
+        org_id: str,
+        key_id: str,
+        model: str,
+        upper_bound_tokens: int,
+        endpoint: str = "",
+        request_id: str = "",
+        project_id: str = "",
+        key_quota: Quota | None = None,
+        client_ip: str = "",
+        provider: str = "",
+    ) -> Admitted:
+        """Admits a request or raises `Refusal` (after writing a "rejected" record)."""
+        _require(org_id, "org_id")
+        _require(key_id, "key_id")
+        _require(model, "model")
+        _non_negative(upper_bound_tokens, "upper_bound_tokens")
+        quota = (key_quota or Quota()).validated("key_quota")
+        governing = await self._plans.governing(org_id, project_id)
+        max_context = governing.plan.max_context if governing.plan else 0
+        reserve = upper_bound_tokens
+        if max_context > 0:
+            reserve = min(reserve, max_context)
+        principal = {"org_id": org_id, "project_id": project_id, "key_id": key_id}
+        limits = rate_limits(key_quota=quota, governing=governing, **principal)
+        holds_wanted = budgets.applicable(key_quota=quota, governing=governing, **principal)
+        refused: dict[str, Any] = {
+            **principal,
+            "model": model,
+            "endpoint": endpoint,
+            "request_id": request_id,
+            "client_ip": client_ip,
+            "provider": provider,
+        }
+
+        now = self._clock()
+        reservation_id = "res_" + secrets.token_hex(12)
+        ticket: Ticket | None = None
+        state = RateLimitState()
+        if limits:
+            try:
+                ticket, state = self.limiter.acquire(limits, reserve, now)
+            except Refusal:
+                await self._record_refusal(refused, now)
+                raise
+            self._inflight[reservation_id] = ticket
+        try:
+            # Its first statement writes (a budget UPDATE or the reservation INSERT).
+            async with write_transaction(self._engine, write_first=True) as conn:
+                holds = await budgets.reserve(conn, holds_wanted, reserve, now)
+                await conn.execute(
+                    INSERT_RESERVATION,
+                    {
+                        "id": reservation_id,
+                        "org_id": org_id,
+                        "key_id": key_id,
+                        "project_id": project_id,
+                        "model": model,
+                        "endpoint": endpoint,
+                        "request_id": request_id,
+                        "client_ip": client_ip,
+                        "provider": provider,
+                        "upper_bound_tokens": upper_bound_tokens,
+                        "reserved_tokens": reserve,
+                        "holds": budgets.encode_holds(holds),
+                        "created_at": _utc(now),
+                        "expires_at": _utc(now + self._ttl_s),
+                        "settled_at": None,
+                    },
+                )
+        except BaseException as exc:
+            if ticket is not None:
+                self._inflight.pop(reservation_id, None)
+                self.limiter.undo(ticket)
+            if isinstance(exc, Refusal):
+                exc.metadata.update(self.limiter.state(limits, now).headers())
+                await self._record_refusal(refused, now)
+            raise
+        return Admitted(reservation_id, state, max_context, reserve)
+
+    async def _record_refusal(self, fields: dict[str, Any], now: float) -> None:
+        """Writes the "rejected" record of a refused admission; a failure is logged, not raised,
+        so the caller still gets the refusal rather than an internal error."""
+        record = new_record(now=now, reservation_id=None, status="rejected", **fields)
+        try:
+            async with write_transaction(self._engine, write_first=True) as conn:
+                await conn.execute(INSERT_USAGE, insert_values(record))
+        except Exception:  # noqa: BLE001 - the refusal matters more than its record
+            log.exception("could not record a refused request %s", fields.get("request_id"))
+
+    async def settle(
+        self,
+        *,
+        reservation_id: str,
+        org_id: str,
+        key_id: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        status: str,
+        model_digest: str = "",
+        endpoint: str = "",
+        latency_ms: float = 0.0,
+        ttft_ms: float = 0.0,
+        request_id: str = "",
+        project_id: str = "",
+        client_ip: str = "",
+        provider: str = "",
+    ) -> UsageRecord:
+        """Charges the actual usage, releases the holds and writes the record, durably.
+
+        Settling a reservation again returns the first record unchanged. An unknown
+        reservation id is logged and its usage still recorded: losing usage is worse than an
+        odd record. An empty `reservation_id` (a request refused before admission) records
+        usage without idempotency. A reservation that already expired gave its holds back
+        then; its late settle charges the usage without giving them back twice.
+        """
+        if status not in SETTLE_STATUSES:
+            raise InvalidArgument(
+                f"status must be one of {', '.join(sorted(SETTLE_STATUSES))}", param="status"
+            )
+        for value, name in (
+            (prompt_tokens, "prompt_tokens"),
+            (completion_tokens, "completion_tokens"),
+            (latency_ms, "latency_ms"),
+            (ttft_ms, "ttft_ms"),
+        ):
+            _non_negative(value, name)
+        now = self._clock()
+        actual = prompt_tokens + completion_tokens
+        fields: dict[str, Any] = {
+            "org_id": org_id,
+            "project_id": project_id,
+            "key_id": key_id,
+            "endpoint": endpoint,
+            "request_id": request_id,
+            "client_ip": client_ip,
+            "provider": provider,
+        }
+        try:
+            async with write_transaction(self._engine, write_first=True) as conn:
+                if reservation_id:
+                    # Conditional, so exactly one of settle and expiry gives the holds back.
+                    closed = await conn.execute(
+                        CLOSE_RESERVATION, {"rid": reservation_id, "closed_at": _utc(now)}
+                    )
+                    res = (
+                        (await conn.execute(READ_RESERVATION, {"rid": reservation_id}))
+                        .mappings()
+                        .one_or_none()
+                    )
+                    if res is None:
+                        log.warning(
+                            "settling unknown reservation %s; recording anyway", reservation_id
+                        )
+                    else:
+                        # The admitted principal is the one billed, whatever the caller says.
+                        for name in ("org_id", "project_id", "key_id"):
+                            fields[name] = res[name]
+                        for name in ("endpoint", "request_id", "client_ip", "provider"):
+                            fields[name] = fields[name] or res[name]
+                        holds = budgets.decode_holds(res["holds"])
+                        await budgets.settle(conn, holds, actual, release=closed.rowcount == 1)
+                record = new_record(
+                    now=now,
+                    reservation_id=reservation_id or None,
+                    model=model,
+                    model_digest=model_digest,
+                    status=status,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    latency_ms=latency_ms,
+                    ttft_ms=ttft_ms,
+                    **fields,
+                )
+                await conn.execute(INSERT_USAGE, insert_values(record))
+        except IntegrityError:
+            # This reservation was settled before (or by a concurrent settle): the unique
+            # record constraint refused this one, and its transaction, charge included, was
+            # rolled back. Repeats are rare (retries), so the common path does not pay a read
+            # to look for them first.
+            if reservation_id and (done := await self.by_reservation(reservation_id)):
+                return done
+            raise
+        if reservation_id and (ticket := self._inflight.pop(reservation_id, None)):
+            self.limiter.settle(ticket, actual)
+        return record
+
+    async def by_reservation(self, reservation_id: str) -> UsageRecord | None:
+        async with self._engine.connect() as conn:
+            row = (
+                (await conn.execute(select(USAGE).where(USAGE.c.reservation_id == reservation_id)))
+                .mappings()
+                .one_or_none()
+            )
+        return from_row(row) if row is not None else None
+
+    async def expire_stale(self, now: float | None = None) -> int:
+        """Closes reservations past their expiry that were never settled; returns how many.
+
+        Each gives its holds back (nothing is charged), leaves the concurrency windows and gets
+        an "expired" record with zero tokens. The record has no reservation id, so a settle
+        that arrives later still records its usage (and charges it).
+        """
+        now = self._clock() if now is None else now
+        expired = 0
+        while True:
+            async with self._engine.connect() as conn:
+                rows = (
+                    (
+                        await conn.execute(
+                            select(RESERVATIONS)
+                            .where(
+                                RESERVATIONS.c.settled_at.is_(None),
+                                RESERVATIONS.c.expires_at <= _utc(now),
+                            )
+                            .order_by(RESERVATIONS.c.expires_at)
+                            .limit(EXPIRE_BATCH)
+                        )
+                    )
+                    .mappings()
+                    .all()
+                )
+            done = 0
+            for res in rows:
+                try:
+                    done += await self._expire(res, now)
+                except Exception:  # noqa: BLE001 - one bad row must not block the others
+                    log.exception("could not expire reservation %s", res["id"])
+            expired += done
+            # A full batch that made no progress would only be read again: leave it to the
+            # next sweep.
+            if len(rows) < EXPIRE_BATCH or not done:
+                break
+        self.limiter.compact(now)
+        return expired
+
+    async def _expire(self, row: Mapping[Any, Any], now: float) -> int:
+        reservation_id = row["id"]
+        # One transaction per reservation: a batch would hold many counters' locks at once and
+        # could deadlock with settles taking them in another order.
+        async with write_transaction(self._engine, write_first=True) as conn:
+            closed = await conn.execute(
+                CLOSE_RESERVATION, {"rid": reservation_id, "closed_at": _utc(now)}
+            )
+            if closed.rowcount == 0:
+                return 0  # settled meanwhile
+            await budgets.release(conn, budgets.decode_holds(row["holds"]))
+            record = new_record(
+                now=now,
+                reservation_id=None,
+                status="expired",
+                **{name: row[name] for name in EXPIRED_RECORD_FIELDS},
+            )
+            await conn.execute(INSERT_USAGE, insert_values(record))
+        if (ticket := self._inflight.pop(reservation_id, None)) is not None:
+            self.limiter.release(ticket)
+        log.info("reservation %s expired unsettled; its holds were released", reservation_id)
+        return 1
+
+    async def recover(self) -> int:
+        """Counts open, unexpired reservations as in flight (after a restart); returns how many."""
+        now = self._clock()
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        RESERVATIONS.c.id,
+                        RESERVATIONS.c.org_id,
+                        RESERVATIONS.c.project_id,
+                        RESERVATIONS.c.key_id,
+                    ).where(
+                        RESERVATIONS.c.settled_at.is_(None),
+                        RESERVATIONS.c.expires_at > _utc(now),
+                    )
+                )
+            ).all()
+        counted = 0
+        for rid, org_id, project_id, key_id in rows:
+            if rid in self._inflight:
+                continue
+            self._inflight[rid] = self.limiter.recount(_scopes(org_id, project_id, key_id))
+            counted += 1
+        return counted

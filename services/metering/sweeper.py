@@ -1,0 +1,57 @@
+"""The background task that expires reservations whose requests never settled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+MAX_INTERVAL_S = 30.0
+STOP_GRACE_S = 5.0
+
+
+def sweep_interval(reservation_ttl_s: float) -> float:
+    """How often to sweep: often enough that an expired hold lingers at most a quarter TTL."""
+    return min(MAX_INTERVAL_S, reservation_ttl_s / 4)
+
+
+class Sweeper:
+    """Calls `sweep` every `interval_s` seconds until stopped; a failed sweep is logged and the
+    next one tries again."""
+
+    def __init__(self, sweep: Callable[[], Awaitable[object]], interval_s: float) -> None:
+        self._sweep = sweep
+        self._interval_s = interval_s
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="sweeper")
+
+    async def stop(self) -> None:
+        """Lets a sweep in progress finish (up to a grace period), then ends the task."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_S)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._interval_s)
+            if self._stop.is_set():
+                return
+            try:
+                await self._sweep()
+            except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
+                log.exception("sweeping expired reservations failed")
