@@ -24,6 +24,7 @@ class HostedModel:
     codec: TextCodec
     scheduler: Scheduler
     execution_provider: str
+    default_max_tokens: int = 0  # SLUICE_ENGINE_DEFAULT_MAX_TOKENS
 
     def info(self) -> engine_pb2.ModelInfo:
         e = self.entry
@@ -36,6 +37,8 @@ class HostedModel:
             aliases=list(e.aliases),
             variant=e.variant,
             execution_provider=self.execution_provider,
+            provider="sluice",
+            default_max_tokens=self.default_max_tokens,
         )
 
 
@@ -92,6 +95,9 @@ class Generator:
         model = self.resolve(req.model)
         prompt = self.prompt_tokens(model, req)
         context = model.entry.context_length
+        if req.max_context > 0:
+            # The organization's plan caps the context below the model's.
+            context = min(context, req.max_context)
         room = context - len(prompt)
         if req.HasField("max_tokens") and req.max_tokens < 1:
             raise InvalidArgument("max_tokens must be at least 1", param="max_tokens")

@@ -1,0 +1,1 @@
+"""Loopback stand-ins for the services Sluice talks to (upstream providers), for tests."""
