@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc
 
 from services.common.settings import Settings
+from services.edge.client_ip import IPNetwork, parse_networks
+from services.edge.errors import from_grpc
 from services.edge.metrics import EdgeMetrics
 from services.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.pb.engine.v1 import engine_pb2, engine_pb2_grpc
@@ -19,6 +23,17 @@ from services.pb.metering.v1 import metering_pb2_grpc
 MODEL_CACHE_TTL_S = 5.0
 # Short deadlines for governance calls: a slow dependency must fail the request, not hang it.
 CONTROL_TIMEOUT_S = 10.0
+MODEL_CACHE_SIZE = 10_000
+
+T = TypeVar("T")
+
+
+async def unary(method: Callable[..., Awaitable[T]], request: Any, service: str) -> T:
+    """One control-plane call with its deadline; a failure becomes the client's `APIError`."""
+    try:
+        return await method(request, timeout=CONTROL_TIMEOUT_S)
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, service) from None
 
 
 @dataclass
@@ -32,8 +47,12 @@ class Backends:
     # shutdown can wait for them.
     pending: set[asyncio.Task[None]] = field(default_factory=set)
     metrics: EdgeMetrics = field(default_factory=EdgeMetrics)
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    admin_token: bytes = b""
 
     def __post_init__(self) -> None:
+        self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+        self.admin_token = self.settings.resolved_admin_token()
         auth = self._channel(self.settings.auth_addr)
         metering = self._channel(self.settings.metering_addr)
         engine = self._channel(self.settings.engine_addr)
@@ -48,20 +67,29 @@ class Backends:
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 # Several engine replicas behind one DNS name share the load.
                 ("grpc.lb_policy_name", "round_robin"),
+                # A restarted service is found again within about a second, not after gRPC's
+                # default backoff of up to two minutes (which would keep the edge failing closed).
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 1000),
             ],
         )
         self.channels.append(channel)
         return channel
 
-    async def resolve_model(self, name: str) -> engine_pb2.ModelInfo:
+    async def resolve_model(self, name: str, org_id: str) -> engine_pb2.ModelInfo:
+        """The model a request names; upstream models resolve per organization (credentials)."""
         now = time.monotonic()
-        cached = self._models.get(name)
+        key = f"{org_id}\0{name}" if "/" in name else name
+        cached = self._models.get(key)
         if cached and now - cached[0] < MODEL_CACHE_TTL_S:
             return cached[1]
         info = await self.engine.ResolveModel(
-            engine_pb2.ResolveModelRequest(model=name), timeout=CONTROL_TIMEOUT_S
+            engine_pb2.ResolveModelRequest(model=name, org_id=org_id), timeout=CONTROL_TIMEOUT_S
         )
-        self._models[name] = (now, info)
+        if len(self._models) >= MODEL_CACHE_SIZE:
+            self._models.clear()
+        self._models[key] = (now, info)
         return info
 
     async def close(self) -> None:

@@ -12,7 +12,12 @@ import grpc
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from services.common.grpc_server import ERROR_CODE_KEY, ERROR_PARAM_KEY, RETRY_AFTER_KEY
+from services.common.grpc_server import (
+    ERROR_CODE_KEY,
+    ERROR_PARAM_KEY,
+    HTTP_STATUS_KEY,
+    RETRY_AFTER_KEY,
+)
 from services.edge.protocol import UnsupportedField
 
 # gRPC status -> (HTTP status, OpenAI error type). The official SDK raises a distinct exception
@@ -93,10 +98,18 @@ def from_grpc(exc: grpc.aio.AioRpcError, service: str) -> APIError:
     code = trailing.get(ERROR_CODE_KEY) or None
     param = trailing.get(ERROR_PARAM_KEY) or None
     message = exc.details() or f"{service} failed"
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = {
+        str(k): str(v) for k, v in trailing.items() if str(k).startswith("x-ratelimit-")
+    }
     if retry := trailing.get(RETRY_AFTER_KEY):
         headers["retry-after"] = str(retry)
-    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+    if http_status := trailing.get(HTTP_STATUS_KEY):
+        # The service chose the status itself (e.g. an upstream provider's failure, which must
+        # not read as a fault of the client's key): keep its message.
+        status = int(http_status)
+        if status >= 500:
+            err_type = "upstream_error" if code and code.startswith("upstream") else "server_error"
+    elif exc.code() == grpc.StatusCode.UNAVAILABLE:
         # A dependency is down: fail closed with a clear message rather than serve ungoverned.
         message = f"The {service} service is unavailable; try again shortly."
         headers.setdefault("retry-after", "1")
@@ -106,6 +119,6 @@ def from_grpc(exc: grpc.aio.AioRpcError, service: str) -> APIError:
         code = "invalid_api_key"
     if exc.code() == grpc.StatusCode.NOT_FOUND and code is None:
         code = "model_not_found" if service == "engine" else "not_found"
-    if status == 429 and code in ("insufficient_quota",):
+    if status == 429 and code == "insufficient_quota":
         err_type = "insufficient_quota"
     return APIError(status, message, type=err_type, code=code, param=param, headers=headers)

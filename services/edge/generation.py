@@ -20,8 +20,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from services.edge.backends import Backends
 from services.edge.errors import APIError, from_grpc, from_validation
-from services.edge.governance import Admission, authenticate
+from services.edge.governance import Admission, authenticate, record_refusal
 from services.edge.protocol import ChatCompletionRequest, CompletionRequest
+from services.pb.auth.v1 import auth_pb2
 from services.pb.engine.v1 import engine_pb2
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -38,12 +39,15 @@ REFUSALS = frozenset(
 # Far above any prompt that fits the hosted models' context, far below what could hurt the edge.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
-# Per-message overhead of a chat template (role markers, separators), in tokens, used only to
-# bound the reservation from above.
+# A chat template's overhead in tokens, used only to bound the reservation from above (a token is
+# at least one byte of text, so bytes bound the rest): per message (role markers, separators),
+# and once per request (a default system prompt the template adds, the assistant header).
 TEMPLATE_OVERHEAD_TOKENS = 16
+TEMPLATE_FIXED_TOKENS = 96
 
 
-async def parse_body(request: Request, schema: type[_M]) -> _M:
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object; 413 past MAX_BODY_BYTES, 400 when not an object."""
     size = 0
     chunks = []
     # Read incrementally so an oversized body is refused without being held in memory whole.
@@ -62,6 +66,11 @@ async def parse_body(request: Request, schema: type[_M]) -> _M:
         raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+async def parse_body(request: Request, schema: type[_M]) -> _M:
+    body = await read_json_object(request)
     try:
         return schema.model_validate(body)
     except ValidationError as exc:
@@ -69,11 +78,16 @@ async def parse_body(request: Request, schema: type[_M]) -> _M:
 
 
 def public_model_name(info: engine_pb2.ModelInfo) -> str:
-    """The resolved, pinned name: reusable as a `model` value that pins this exact export."""
-    return f"{info.name}@{info.digest}"
+    """The resolved, pinned name: reusable as a `model` value that pins this exact export.
+
+    Upstream models have no digest we could pin; they keep their plain name.
+    """
+    return f"{info.name}@{info.digest}" if info.digest else info.name
 
 
-def system_fingerprint(info: engine_pb2.ModelInfo) -> str:
+def system_fingerprint(info: engine_pb2.ModelInfo) -> str | None:
+    if not info.digest:
+        return None
     return "fp_" + info.digest.removeprefix("sha256:")[:12]
 
 
@@ -112,7 +126,7 @@ class ChatShape:
 
     def prompt_bound(self) -> int:
         size = sum(len(m.text().encode()) + TEMPLATE_OVERHEAD_TOKENS for m in self.req.messages)
-        return size + TEMPLATE_OVERHEAD_TOKENS
+        return size + TEMPLATE_FIXED_TOKENS
 
     def full(self, text: str, finish: str) -> dict[str, Any]:
         return {
@@ -191,17 +205,21 @@ async def handle(backends: Backends, request: Request, shape: Shape, timeout_s: 
     req = shape.req
     principal = await authenticate(backends, request, req.model)
     try:
-        model = await backends.resolve_model(req.model)
+        model = await backends.resolve_model(req.model, principal.org_id)
     except grpc.aio.AioRpcError as exc:
+        if exc.code() in REFUSALS:
+            record_refusal(backends, request, req.model, _principal_ids(principal))
         raise from_grpc(exc, "engine") from None
 
-    limit = req.token_limit()
-    completion_bound = min(limit, model.context_length) if limit else model.context_length
+    limit = req.token_limit() or model.default_max_tokens or model.context_length
+    completion_bound = min(limit, model.context_length)
     upper = min(shape.prompt_bound(), model.context_length) + completion_bound
-    admission = await Admission.admit(backends, principal, model, shape.endpoint, upper)
+    admission = await Admission.admit(backends, request, principal, model, upper)
 
     gen = shape.generate_request(public_model_name(model))
     gen.request_id = admission.request_id
+    gen.org_id = principal.org_id
+    gen.max_context = admission.max_context
     call = backends.engine.Generate(gen, timeout=timeout_s)
     stream = aiter(call)
     try:
@@ -214,12 +232,20 @@ async def handle(backends: Backends, request: Request, shape: Shape, timeout_s: 
         raise _engine_error(exc, admission) from None
     except StopAsyncIteration:
         await admission.settle("error")
-        raise APIError(500, "The engine ended the stream early.", type="server_error") from None
+        raise APIError(
+            500,
+            "The engine ended the stream early.",
+            type="server_error",
+            headers=admission.headers,
+        ) from None
     except BaseException:
         call.cancel()
         admission.settle("cancelled")
         raise
     admission.observe(first)
+    if first.HasField("error"):
+        await admission.settle("error")
+        raise _stream_error(first.error, admission)
 
     meta = {
         "id": ("chatcmpl-" if isinstance(shape, ChatShape) else "cmpl-") + uuid.uuid4().hex,
@@ -231,16 +257,35 @@ async def handle(backends: Backends, request: Request, shape: Shape, timeout_s: 
         return StreamingResponse(
             _sse(shape, call, stream, first, admission, meta),
             media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-request-id": admission.request_id},
+            headers={"cache-control": "no-cache", **admission.headers},
         )
     return await _collect(shape, call, stream, first, admission, meta)
+
+
+def _principal_ids(principal: auth_pb2.Principal) -> dict[str, str]:
+    return {
+        "sluice-org-id": principal.org_id,
+        "sluice-project-id": principal.project_id,
+        "sluice-key-id": principal.key_id,
+    }
 
 
 def _engine_error(exc: grpc.aio.AioRpcError, admission: Admission) -> APIError:
     """The engine's failure as the client sees it, naming the request the ledger knows."""
     err = from_grpc(exc, "engine")
-    err.headers["x-request-id"] = admission.request_id
+    err.headers.update(admission.headers)
     return err
+
+
+def _stream_error(error: engine_pb2.StreamError, admission: Admission) -> APIError:
+    """A failure the engine reported after output began (e.g. an upstream stream dropped)."""
+    return APIError(
+        error.http_status or 502,
+        error.message or "The model's stream failed.",
+        type=error.type or "server_error",
+        code=error.code or None,
+        headers=dict(admission.headers),
+    )
 
 
 def envelope(meta: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -268,11 +313,16 @@ async def _collect(
     try:
         async for msg in stream:
             admission.observe(msg)
+            if msg.HasField("error"):
+                await admission.settle("error")
+                raise _stream_error(msg.error, admission)
             parts.append(msg.text)
             last = msg
     except grpc.aio.AioRpcError as exc:
         await admission.settle("error")
         raise _engine_error(exc, admission) from None
+    except APIError:
+        raise
     except BaseException:
         call.cancel()
         admission.settle("cancelled")
@@ -280,7 +330,7 @@ async def _collect(
     await admission.settle("ok")
     body = envelope(meta, shape.full("".join(parts), last.finish_reason or "stop"))
     body["usage"] = usage_json(admission.prompt_tokens, admission.completion_tokens)
-    return JSONResponse(body, headers={"x-request-id": admission.request_id})
+    return JSONResponse(body, headers=admission.headers)
 
 
 def _event(payload: dict[str, Any]) -> bytes:
@@ -310,6 +360,13 @@ async def _sse(
         msg: engine_pb2.GenerateResponse | None = first
         sent_first = False
         while msg is not None:
+            if msg.HasField("error"):
+                # Output already went out: end the stream with the error; what was delivered
+                # is billed.
+                status = "error"
+                await admission.settle(status)
+                yield _event(_stream_error(msg.error, admission).body())
+                return
             if msg.text or not sent_first:
                 yield frame(msg.text, None, not sent_first)
                 sent_first = True

@@ -12,12 +12,16 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from starlette.requests import Request
 
+from services.common.ratelimits import rate_limit_headers
 from services.edge.backends import CONTROL_TIMEOUT_S, Backends
+from services.edge.client_ip import client_ip
 from services.edge.errors import APIError, from_grpc
 from services.pb.auth.v1 import auth_pb2
 from services.pb.engine.v1 import engine_pb2
@@ -42,27 +46,94 @@ def bearer_key(request: Request) -> str:
     return token.strip()
 
 
+def request_ip(backends: Backends, request: Request) -> str:
+    """The client address (see `client_ip`), computed once per request."""
+    cached: str | None = getattr(request.state, "client_ip", None)
+    if cached is None:
+        peer = request.client.host if request.client else ""
+        cached = client_ip(peer, request.headers.get("x-forwarded-for"), backends.trusted_proxies)
+        request.state.client_ip = cached
+    return cached
+
+
 async def authenticate(backends: Backends, request: Request, model: str) -> auth_pb2.Principal:
     key = bearer_key(request)
-    client_ip = request.client.host if request.client else ""
+    ip = request_ip(backends, request)
     # Keyed by a digest, so the cache holds no secret; only successes are cached, for at most
     # PRINCIPAL_CACHE_TTL_S, so a revoked key stops working within that time on every edge.
-    cache_key = hashlib.sha256(f"{key}\0{client_ip}\0{model}".encode()).digest()
+    cache_key = hashlib.sha256(f"{key}\0{ip}\0{model}".encode()).digest()
     cached = backends.principals.get(cache_key)
     now = time.monotonic()
     if cached and now - cached[0] < PRINCIPAL_CACHE_TTL_S:
         return cached[1]
     try:
         principal: auth_pb2.Principal = await backends.auth.Authenticate(
-            auth_pb2.AuthenticateRequest(api_key=key, client_ip=client_ip, model=model),
+            auth_pb2.AuthenticateRequest(api_key=key, client_ip=ip, model=model),
             timeout=CONTROL_TIMEOUT_S,
         )
     except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "auth") from None
+        err = from_grpc(exc, "auth")
+        if exc.code() == grpc.StatusCode.PERMISSION_DENIED and model:
+            # The key is genuine but refused here (address or model): the ledger answers
+            # "who called what" for refusals too.
+            ids = dict(exc.trailing_metadata() or ())
+            record_refusal(backends, request, model, ids)
+        raise err from None
     if len(backends.principals) >= PRINCIPAL_CACHE_SIZE:
         backends.principals.clear()
     backends.principals[cache_key] = (now, principal)
     return principal
+
+
+def metering_quota(quota: auth_pb2.Quota) -> metering_pb2.Quota:
+    """A key's limits (as auth keeps them) in the form metering enforces them."""
+    return metering_pb2.Quota(
+        rpm=quota.rpm,
+        tpm=quota.tpm,
+        max_concurrent=quota.max_concurrent,
+        budget_tokens=quota.budget_tokens,
+        budget_period=quota.budget_period,
+    )
+
+
+def record_refusal(
+    backends: Backends, request: Request, model: str, ids: Mapping[str, str | bytes]
+) -> None:
+    """Writes a "rejected" usage record for a request refused after its key was known."""
+    req = metering_pb2.SettleRequest(
+        org_id=str(ids.get("sluice-org-id", "")),
+        project_id=str(ids.get("sluice-project-id", "")),
+        key_id=str(ids.get("sluice-key-id", "")),
+        model=model,
+        endpoint=request.url.path,
+        status="rejected",
+        client_ip=request_ip(backends, request),
+        request_id=f"req-{uuid.uuid4().hex}",
+    )
+    if req.org_id and req.key_id:
+        _background(backends, _settle_with_retries(backends, req))
+
+
+def _background(backends: Backends, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    # Referenced in `pending` so it is not garbage-collected mid-way and shutdown waits for it.
+    task = asyncio.get_running_loop().create_task(coro)
+    backends.pending.add(task)
+    task.add_done_callback(backends.pending.discard)
+    return task
+
+
+async def _settle_with_retries(backends: Backends, req: metering_pb2.SettleRequest) -> None:
+    for attempt in range(SETTLE_ATTEMPTS):
+        try:
+            await backends.metering.Settle(req, timeout=CONTROL_TIMEOUT_S)
+            return
+        except grpc.aio.AioRpcError as exc:
+            # Settle is idempotent per reservation, so retrying cannot double-charge.
+            log.warning(
+                "settle %s failed (%s), attempt %d", req.request_id, exc.code(), attempt + 1
+            )
+            await asyncio.sleep(0.2 * 2**attempt)
+    log.error("settle %s gave up after %d attempts", req.request_id, SETTLE_ATTEMPTS)
 
 
 @dataclass
@@ -74,7 +145,11 @@ class Admission:
     model: engine_pb2.ModelInfo
     endpoint: str
     request_id: str
+    client_ip: str
     reservation_id: str = ""
+    max_context: int = 0
+    # OpenAI's x-ratelimit-* headers as metering computed them at admission.
+    headers: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     prompt_tokens: int = 0
@@ -85,27 +160,45 @@ class Admission:
     async def admit(
         cls,
         backends: Backends,
+        request: Request,
         principal: auth_pb2.Principal,
         model: engine_pb2.ModelInfo,
-        endpoint: str,
         upper_bound_tokens: int,
     ) -> Admission:
-        adm = cls(backends, principal, model, endpoint, f"req-{uuid.uuid4().hex}")
+        ip = request_ip(backends, request)
+        adm = cls(backends, principal, model, request.url.path, f"req-{uuid.uuid4().hex}", ip)
         try:
             resp = await backends.metering.Admit(
                 metering_pb2.AdmitRequest(
                     org_id=principal.org_id,
+                    project_id=principal.project_id,
                     key_id=principal.key_id,
                     model=model.name,
                     upper_bound_tokens=upper_bound_tokens,
-                    endpoint=endpoint,
+                    endpoint=adm.endpoint,
                     request_id=adm.request_id,
+                    key_quota=metering_quota(principal.key_quota),
+                    client_ip=ip,
+                    provider=model.provider or "sluice",
                 ),
                 timeout=CONTROL_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "metering") from None
+            err = from_grpc(exc, "metering")
+            err.headers["x-request-id"] = adm.request_id
+            raise err from None
         adm.reservation_id = resp.reservation_id
+        adm.max_context = resp.max_context
+        limits = resp.rate_limits
+        adm.headers = rate_limit_headers(
+            limits.limit_requests,
+            limits.remaining_requests,
+            limits.reset_requests_ms,
+            limits.limit_tokens,
+            limits.remaining_tokens,
+            limits.reset_tokens_ms,
+        )
+        adm.headers["x-request-id"] = adm.request_id
         return adm
 
     def observe(self, msg: engine_pb2.GenerateResponse) -> None:
@@ -122,9 +215,7 @@ class Admission:
         It runs as its own task so that a cancelled handler (client gone) still settles.
         """
         if self._settled is None:
-            self._settled = asyncio.get_running_loop().create_task(self._settle(status))
-            self.backends.pending.add(self._settled)
-            self._settled.add_done_callback(self.backends.pending.discard)
+            self._settled = _background(self.backends, self._settle(status))
         return self._settled
 
     async def _settle(self, status: str) -> None:
@@ -141,6 +232,7 @@ class Admission:
         req = metering_pb2.SettleRequest(
             reservation_id=self.reservation_id,
             org_id=self.principal.org_id,
+            project_id=self.principal.project_id,
             key_id=self.principal.key_id,
             model=self.model.name,
             model_digest=self.model.digest,
@@ -151,15 +243,7 @@ class Admission:
             latency_ms=(now - self.started) * 1000.0,
             ttft_ms=((self.first_token_at - self.started) * 1000.0) if self.first_token_at else 0,
             request_id=self.request_id,
+            client_ip=self.client_ip,
+            provider=self.model.provider or "sluice",
         )
-        for attempt in range(SETTLE_ATTEMPTS):
-            try:
-                await self.backends.metering.Settle(req, timeout=CONTROL_TIMEOUT_S)
-                return
-            except grpc.aio.AioRpcError as exc:
-                # Settle is idempotent per reservation, so retrying cannot double-charge.
-                log.warning(
-                    "settle %s failed (%s), attempt %d", self.request_id, exc.code(), attempt + 1
-                )
-                await asyncio.sleep(0.2 * 2**attempt)
-        log.error("settle %s gave up after %d attempts", self.request_id, SETTLE_ATTEMPTS)
+        await _settle_with_retries(self.backends, req)

@@ -22,6 +22,9 @@ def main() -> None:
         # The C parser: a measurable share of the gateway's per-request cost on a small CPU.
         http="httptools",
         access_log=False,
+        # The client address is the TCP peer unless it is a trusted proxy; the edge decides that
+        # itself (services.edge.client_ip), so uvicorn must not rewrite it from headers.
+        proxy_headers=False,
     )
     uvicorn.Server(config).run()
 

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services.edge import admin, usage
 from services.edge.backends import CONTROL_TIMEOUT_S, Backends
 from services.edge.errors import APIError, from_grpc
 from services.edge.generation import ChatShape, CompletionShape, handle, parse_body
@@ -44,10 +45,10 @@ def _model_json(info: engine_pb2.ModelInfo, model_id: str) -> dict[str, object]:
 
 async def list_models(request: Request) -> Response:
     backends = _backends(request)
-    await authenticate(backends, request, "")
+    principal = await authenticate(backends, request, "")
     try:
         resp = await backends.engine.ListModels(
-            engine_pb2.ListModelsRequest(), timeout=CONTROL_TIMEOUT_S
+            engine_pb2.ListModelsRequest(org_id=principal.org_id), timeout=CONTROL_TIMEOUT_S
         )
     except grpc.aio.AioRpcError as exc:
         raise from_grpc(exc, "engine") from None
@@ -61,9 +62,9 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(request: Request) -> Response:
     backends = _backends(request)
     name = request.path_params["model"]
-    await authenticate(backends, request, name)
+    principal = await authenticate(backends, request, name)
     try:
-        info = await backends.resolve_model(name)
+        info = await backends.resolve_model(name, principal.org_id)
     except grpc.aio.AioRpcError as exc:
         raise from_grpc(exc, "engine") from None
     return JSONResponse(_model_json(info, name))
@@ -107,6 +108,10 @@ ROUTES = [
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+    Route("/v1/usage", usage.usage_records, methods=["GET"]),
+    Route("/v1/usage/totals", usage.usage_totals, methods=["GET"]),
+    Route("/v1/usage/budgets", usage.usage_budgets, methods=["GET"]),
+    *admin.ROUTES,
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),

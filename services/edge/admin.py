@@ -1,0 +1,290 @@
+"""The operator's HTTP API under `/admin/v1/`: orgs, projects, keys, plans, usage, providers.
+
+Guarded by the operator token (`SLUICE_ADMIN_TOKEN`, or the file `data_dir/admin_token`), which is
+not an API key: an API key is refused here and the token is refused on `/v1`. Bodies are the
+protos' messages in JSON (field names as in `protos/`), so the admin API, the CLI and internal gRPC
+callers share one contract. Handlers stay thin: they decode, call auth or metering, encode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.edge.backends import Backends, unary
+from services.edge.errors import APIError
+from services.edge.generation import read_json_object
+from services.edge.usage import records_response, to_json, totals_response, usage_filter
+from services.pb.auth.v1 import auth_pb2
+from services.pb.metering.v1 import metering_pb2
+
+_M = TypeVar("_M", bound=Message)
+
+
+def _backends(request: Request) -> Backends:
+    """The backends, once the operator token has been checked (constant time)."""
+    backends: Backends = request.app.state.backends
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), backends.admin_token
+    ):
+        raise APIError(
+            401,
+            "The admin API needs the operator token as 'Authorization: Bearer TOKEN' "
+            "(SLUICE_ADMIN_TOKEN, or the admin_token file in the data directory).",
+            code="invalid_admin_token",
+        )
+    return backends
+
+
+async def _body(request: Request, message: _M, **defaults: Any) -> _M:
+    body = await read_json_object(request)
+    for name, value in defaults.items():
+        body.setdefault(name, value)
+    try:
+        json_format.ParseDict(body, message)
+    except json_format.ParseError as exc:
+        raise APIError(400, f"Invalid request body: {exc}", code="invalid_value") from None
+    return message
+
+
+async def _org(backends: Backends, ref: str) -> auth_pb2.Org:
+    """An organization by id or name."""
+    orgs = await unary(backends.auth.ListOrgs, auth_pb2.ListOrgsRequest(), "auth")
+    for org in orgs.orgs:
+        if ref in (org.id, org.name):
+            return org
+    raise APIError(404, f"No organization {ref!r}.", code="org_not_found", param="org")
+
+
+async def _policy(backends: Backends, scope: str, scope_id: str) -> metering_pb2.Policy:
+    return await unary(
+        backends.metering.GetPolicy,
+        metering_pb2.GetPolicyRequest(scope=scope, scope_id=scope_id),
+        "metering",
+    )
+
+
+async def _org_json(backends: Backends, org: auth_pb2.Org) -> dict[str, Any]:
+    return {**to_json(org), "policy": to_json(await _policy(backends, "org", org.id))}
+
+
+async def _update_policy(
+    backends: Backends, request: Request, scope: str, scope_id: str
+) -> metering_pb2.Policy:
+    """Applies a partial policy body ({"plan": ..., "quota": {...}}) over the current policy."""
+    current = await _policy(backends, scope, scope_id)
+    body = await read_json_object(request)
+    merged = to_json(current)
+    if "plan" in body:
+        merged["plan"] = body["plan"]
+    merged["quota"] = {**merged.get("quota", {}), **(body.get("quota") or {})}
+    merged.update(scope=scope, scope_id=scope_id)
+    policy = metering_pb2.Policy()
+    try:
+        json_format.ParseDict(merged, policy)
+    except json_format.ParseError as exc:
+        raise APIError(400, f"Invalid request body: {exc}", code="invalid_value") from None
+    return await unary(backends.metering.SetPolicy, policy, "metering")
+
+
+# Organizations ------------------------------------------------------------------------------
+
+
+async def create_org(request: Request) -> Response:
+    backends = _backends(request)
+    body = await read_json_object(request)
+    org = await unary(
+        backends.auth.CreateOrg, auth_pb2.CreateOrgRequest(name=str(body.get("name", ""))), "auth"
+    )
+    if plan := body.get("plan"):
+        await unary(
+            backends.metering.SetPolicy,
+            metering_pb2.Policy(scope="org", scope_id=org.id, plan=str(plan)),
+            "metering",
+        )
+    return JSONResponse(await _org_json(backends, org), status_code=201)
+
+
+async def list_orgs(request: Request) -> Response:
+    backends = _backends(request)
+    orgs = await unary(backends.auth.ListOrgs, auth_pb2.ListOrgsRequest(), "auth")
+    data = await asyncio.gather(*(_org_json(backends, o) for o in orgs.orgs))
+    return JSONResponse({"object": "list", "data": list(data)})
+
+
+async def get_org(request: Request) -> Response:
+    backends = _backends(request)
+    org = await _org(backends, request.path_params["org"])
+    return JSONResponse(await _org_json(backends, org))
+
+
+async def update_org(request: Request) -> Response:
+    """Changes an organization's plan and/or limits; takes effect on its next request."""
+    backends = _backends(request)
+    org = await _org(backends, request.path_params["org"])
+    await _update_policy(backends, request, "org", org.id)
+    return JSONResponse(await _org_json(backends, org))
+
+
+# Projects -----------------------------------------------------------------------------------
+
+
+async def create_project(request: Request) -> Response:
+    backends = _backends(request)
+    body = await read_json_object(request)
+    project = await unary(
+        backends.auth.CreateProject,
+        auth_pb2.CreateProjectRequest(org=str(body.get("org", "")), name=str(body.get("name", ""))),
+        "auth",
+    )
+    if body.get("quota"):
+        await unary(
+            backends.metering.SetPolicy,
+            json_format.ParseDict(
+                {"scope": "project", "scope_id": project.id, "quota": body["quota"]},
+                metering_pb2.Policy(),
+            ),
+            "metering",
+        )
+    policy = await _policy(backends, "project", project.id)
+    return JSONResponse({**to_json(project), "policy": to_json(policy)}, status_code=201)
+
+
+async def list_projects(request: Request) -> Response:
+    backends = _backends(request)
+    org = request.query_params.get("org", "")
+    resp = await unary(backends.auth.ListProjects, auth_pb2.ListProjectsRequest(org=org), "auth")
+    policies = await asyncio.gather(*(_policy(backends, "project", p.id) for p in resp.projects))
+    data = [
+        {**to_json(p), "policy": to_json(pol)}
+        for p, pol in zip(resp.projects, policies, strict=True)
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def update_project(request: Request) -> Response:
+    backends = _backends(request)
+    policy = await _update_policy(backends, request, "project", request.path_params["project"])
+    return JSONResponse(to_json(policy))
+
+
+# Keys ---------------------------------------------------------------------------------------
+
+
+async def create_key(request: Request) -> Response:
+    backends = _backends(request)
+    req = await _body(request, auth_pb2.CreateKeyRequest())
+    resp = await unary(backends.auth.CreateKey, req, "auth")
+    return JSONResponse(to_json(resp), status_code=201)
+
+
+async def list_keys(request: Request) -> Response:
+    backends = _backends(request)
+    q = request.query_params
+    resp = await unary(
+        backends.auth.ListKeys,
+        auth_pb2.ListKeysRequest(org=q.get("org", ""), project=q.get("project", "")),
+        "auth",
+    )
+    return JSONResponse({"object": "list", "data": [to_json(k) for k in resp.keys]})
+
+
+async def revoke_key(request: Request) -> Response:
+    backends = _backends(request)
+    req = auth_pb2.RevokeKeyRequest(key_id=request.path_params["key"])
+    return JSONResponse(to_json(await unary(backends.auth.RevokeKey, req, "auth")))
+
+
+async def rotate_key(request: Request) -> Response:
+    """A new secret for the key; the old one works for `grace_seconds` more (default 0)."""
+    backends = _backends(request)
+    req = await _body(request, auth_pb2.RotateKeyRequest(), key_id=request.path_params["key"])
+    return JSONResponse(to_json(await unary(backends.auth.RotateKey, req, "auth")))
+
+
+# Plans --------------------------------------------------------------------------------------
+
+
+async def list_plans(request: Request) -> Response:
+    backends = _backends(request)
+    resp = await unary(backends.metering.ListPlans, metering_pb2.ListPlansRequest(), "metering")
+    return JSONResponse({"object": "list", "data": [to_json(p) for p in resp.plans]})
+
+
+async def put_plan(request: Request) -> Response:
+    backends = _backends(request)
+    plan = await _body(request, metering_pb2.Plan(), name=request.path_params["plan"])
+    return JSONResponse(to_json(await unary(backends.metering.PutPlan, plan, "metering")))
+
+
+# Usage --------------------------------------------------------------------------------------
+
+
+async def _admin_filter(backends: Backends, request: Request) -> metering_pb2.UsageFilter:
+    org = request.query_params.get("org", "")
+    org_id = (await _org(backends, org)).id if org else ""
+    return usage_filter(request, org_id)
+
+
+async def usage_records(request: Request) -> Response:
+    backends = _backends(request)
+    return await records_response(backends, request, await _admin_filter(backends, request))
+
+
+async def usage_totals(request: Request) -> Response:
+    backends = _backends(request)
+    return await totals_response(backends, request, await _admin_filter(backends, request))
+
+
+# Provider credentials (bring your own key) ------------------------------------------------
+
+
+async def add_provider(request: Request) -> Response:
+    """Stores a provider key encrypted; the response shows only its fingerprint."""
+    backends = _backends(request)
+    req = await _body(request, auth_pb2.AddProviderRequest())
+    return JSONResponse(to_json(await unary(backends.auth.AddProvider, req, "auth")), 201)
+
+
+async def list_providers(request: Request) -> Response:
+    backends = _backends(request)
+    req = auth_pb2.ListProvidersRequest(org=request.query_params.get("org", ""))
+    resp = await unary(backends.auth.ListProviders, req, "auth")
+    return JSONResponse({"object": "list", "data": [to_json(p) for p in resp.providers]})
+
+
+async def remove_provider(request: Request) -> Response:
+    backends = _backends(request)
+    req = auth_pb2.RemoveProviderRequest(id=request.path_params["provider"])
+    return JSONResponse(to_json(await unary(backends.auth.RemoveProvider, req, "auth")))
+
+
+ROUTES = [
+    Route("/admin/v1/organizations", create_org, methods=["POST"]),
+    Route("/admin/v1/organizations", list_orgs, methods=["GET"]),
+    Route("/admin/v1/organizations/{org}", get_org, methods=["GET"]),
+    Route("/admin/v1/organizations/{org}", update_org, methods=["PATCH"]),
+    Route("/admin/v1/projects", create_project, methods=["POST"]),
+    Route("/admin/v1/projects", list_projects, methods=["GET"]),
+    Route("/admin/v1/projects/{project}", update_project, methods=["PATCH"]),
+    Route("/admin/v1/keys", create_key, methods=["POST"]),
+    Route("/admin/v1/keys", list_keys, methods=["GET"]),
+    Route("/admin/v1/keys/{key}/revoke", revoke_key, methods=["POST"]),
+    Route("/admin/v1/keys/{key}/rotate", rotate_key, methods=["POST"]),
+    Route("/admin/v1/plans", list_plans, methods=["GET"]),
+    Route("/admin/v1/plans/{plan}", put_plan, methods=["PUT"]),
+    Route("/admin/v1/usage", usage_records, methods=["GET"]),
+    Route("/admin/v1/usage/totals", usage_totals, methods=["GET"]),
+    Route("/admin/v1/providers", add_provider, methods=["POST"]),
+    Route("/admin/v1/providers", list_providers, methods=["GET"]),
+    Route("/admin/v1/providers/{provider}", remove_provider, methods=["DELETE"]),
+]
