@@ -11,6 +11,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+from services.common.settings import Settings
+from services.pb.auth.v1 import auth_pb2_grpc
+from services.pb.metering.v1 import metering_pb2_grpc
+
 T = TypeVar("T")
 TIMEOUT_S = 10.0
 # Substrings of grpc's own messages when nothing answers at the address (as opposed to a
@@ -37,6 +41,32 @@ def call(
             return method(channel)(request, timeout=TIMEOUT_S)
         except grpc.RpcError as exc:
             raise CommandFailed(_describe(exc, service, addr)) from None
+
+
+def auth(settings: Settings, method: str, request: Any, *, redact: str = "") -> Any:
+    """Calls AuthService `method` (e.g. "CreateKey"); `redact` is a secret that must never
+    appear in an error message, even if the service were to echo it."""
+    try:
+        return call(
+            settings.auth_addr,
+            "auth",
+            lambda ch: getattr(auth_pb2_grpc.AuthServiceStub(ch), method),
+            request,
+        )
+    except CommandFailed as exc:
+        if redact and redact in str(exc):
+            raise CommandFailed(str(exc).replace(redact, "[redacted]")) from None
+        raise
+
+
+def metering(settings: Settings, method: str, request: Any) -> Any:
+    """Calls MeteringService `method` (e.g. "QueryUsage")."""
+    return call(
+        settings.metering_addr,
+        "metering",
+        lambda ch: getattr(metering_pb2_grpc.MeteringServiceStub(ch), method),
+        request,
+    )
 
 
 def _describe(exc: grpc.RpcError, service: str, addr: str) -> str:

@@ -107,8 +107,9 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _ensure_model(settings)
-    # Resolve the HMAC secret once here so the services never race to create it.
+    # Resolve the secrets once here so the services never race to create them.
     settings.resolved_key_secret()
+    settings.resolved_admin_token()
 
     stop_requested = False
 
@@ -143,6 +144,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         base = f"http://{settings.edge_host}:{settings.edge_port}/v1"
         print(f"sluice: ready at {base}", flush=True)
+        token_from = (
+            "SLUICE_ADMIN_TOKEN" if settings.admin_token else settings.data_dir / "admin_token"
+        )
+        print(f"sluice: admin API at {base.removesuffix('/v1')}/admin/v1 (token: {token_from})")
         marker = settings.data_dir / "dev_key_created"
         if not args.no_dev_key and not marker.exists():
             key = asyncio.run(_create_dev_key(settings))

@@ -1,7 +1,9 @@
-"""Both services in-process over one SQLite file (as `sluice up` runs them), and a CLI runner.
+"""Servers for the CLI to talk to, and runners for its commands.
 
-The CLI makes blocking gRPC calls, so commands run in a worker thread while the servers keep
-the event loop.
+`fake` serves the in-memory servicers of `tests.cli.fakes` (what each command sends, and how its
+answers are printed); `stack` runs the real auth and metering services in-process over one
+SQLite file, as `sluice up` runs them. The CLI makes blocking gRPC calls, so against `stack` the
+commands run in a worker thread while the servers keep the event loop.
 """
 
 from __future__ import annotations
@@ -9,36 +11,76 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
+import grpc
 import pytest
 
-from services.auth import main as auth_main
-from services.auth.servicer import add_to_server as add_auth
-from services.auth.store import KeyStore
-from services.cli import keys, usage
-from services.common.db import create_engine, migrate
-from services.common.grpc_server import start_server, stop_server
+from services.cli import main
 from services.common.settings import Settings
-from services.metering import main as metering_main
-from services.metering.ledger import Ledger
-from services.metering.servicer import add_to_server as add_metering
+from services.pb.auth.v1 import auth_pb2_grpc
+from services.pb.metering.v1 import metering_pb2_grpc
+from tests.cli.fakes import FakeAuth, FakeMetering
 
 Runner = Callable[..., Awaitable[int]]
+SyncRunner = Callable[..., int]
 
 
 def parser() -> argparse.ArgumentParser:
-    """The `sluice` parser as `services.cli.main` assembles it, limited to these commands."""
-    p = argparse.ArgumentParser(prog="sluice")
-    sub = p.add_subparsers(dest="command", required=True)
-    keys.register(sub)
-    usage.register(sub)
-    return p
+    """The `sluice` parser as `services.cli.main` assembles it."""
+    return main.build_parser()
+
+
+def run(settings: Settings, *argv: str) -> int:
+    """Parses `argv` and runs the command as `sluice` does (errors as one line, exit 1)."""
+    return main.run(parser().parse_args(argv), settings)
+
+
+@dataclass
+class Fake:
+    settings: Settings
+    auth: FakeAuth
+    metering: FakeMetering
 
 
 @pytest.fixture
-async def stack(sqlite_url: str) -> AsyncIterator[tuple[Settings, Ledger]]:
+def fake() -> Iterator[Fake]:
+    """Fake auth and metering servicers on one local port, and settings pointing at them."""
+    auth, metering = FakeAuth(), FakeMetering()
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)
+    metering_pb2_grpc.add_MeteringServiceServicer_to_server(metering, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    addr = f"127.0.0.1:{port}"
+    try:
+        yield Fake(Settings(auth_addr=addr, metering_addr=addr), auth, metering)
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.fixture
+def cli() -> SyncRunner:
+    """`cli(settings, "keys", "list")` runs a command against `fake` and returns its exit code."""
+    return run
+
+
+@pytest.fixture
+async def stack(sqlite_url: str) -> AsyncIterator[tuple[Settings, Any]]:
     """Settings pointing at running auth and metering servers, and the ledger behind metering."""
+    # Imported here so that the fake-server tests do not depend on the services' internals.
+    from services.auth import main as auth_main
+    from services.auth.servicer import add_to_server as add_auth
+    from services.auth.store import KeyStore
+    from services.common.db import create_engine, migrate
+    from services.common.grpc_server import start_server, stop_server
+    from services.metering import main as metering_main
+    from services.metering.ledger import Ledger
+    from services.metering.servicer import add_to_server as add_metering
+
     engine = create_engine(sqlite_url)
     await migrate(engine, auth_main.MIGRATIONS, auth_main.VERSION_TABLE)
     await migrate(engine, metering_main.MIGRATIONS, metering_main.VERSION_TABLE)
@@ -62,13 +104,13 @@ async def stack(sqlite_url: str) -> AsyncIterator[tuple[Settings, Ledger]]:
 
 @pytest.fixture
 def sluice() -> Runner:
-    """`await sluice(settings, "keys", "list")` runs a command and returns its exit code."""
+    """`await sluice(settings, "keys", "list")` runs a command against `stack` and returns its
+    exit code."""
 
-    async def run(settings: Settings, *argv: str) -> int:
-        args = parser().parse_args(argv)
-        return await asyncio.to_thread(args.func, args, settings)
+    async def run_in_thread(settings: Settings, *argv: str) -> int:
+        return await asyncio.to_thread(run, settings, *argv)
 
-    return run
+    return run_in_thread
 
 
 @pytest.fixture
