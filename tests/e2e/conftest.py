@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from bench import stack as launcher
 from tests.conftest import DEFAULT_PG_DSN
+from tests.e2e.processes import Services
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,3 +126,33 @@ def stack(
         stop_stack(s)
         if drop:
             drop()
+
+
+@pytest.fixture(scope="session")
+def gov(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """The governance stack on PostgreSQL: auth, metering, engine and two edges (IPv4 loopback
+    and IPv6 loopback) sharing them; 127.0.0.2 is the one trusted proxy."""
+    tmp = tmp_path_factory.mktemp("gov")
+    url, drop = create_pg_database(os.environ.get("SLUICE_TEST_PG_DSN", DEFAULT_PG_DSN))
+    services = Services.create(
+        tmp,
+        url,
+        {
+            "SLUICE_TRUSTED_PROXIES": "127.0.0.2/32",
+            # The upstream providers are loopback stand-ins speaking their wire formats.
+            "SLUICE_UPSTREAM_MAX_RETRIES": "2",
+        },
+    )
+    try:
+        services.start_fakes()
+        services.start_all({"edge": "127.0.0.1", "edge-b": "::1"})
+        yield services
+    finally:
+        services.stop_all()
+        drop()
+
+
+@pytest.fixture
+def org(request: pytest.FixtureRequest) -> str:
+    """A fresh organization name per test, so tests never share limits or budgets."""
+    return f"org-{request.node.name[:40]}-{uuid.uuid4().hex[:6]}"

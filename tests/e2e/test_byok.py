@@ -1,0 +1,240 @@
+"""Bring-your-own-key models through the running stack: the organization's OpenAI and Anthropic
+credentials, used by the engine's upstream backends against loopback servers that speak the
+providers' documented wire formats, under the same governance as hosted models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.conftest import DEFAULT_PG_DSN
+from tests.e2e.processes import ADMIN_TOKEN, Services
+
+CLAUDE = "anthropic/claude-3-5-haiku-latest"
+GPT = "openai/gpt-4o-mini"
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Say hello."},
+]
+
+
+def control(gov: Services, provider: str, method: str, path: str, **body: Any) -> Any:
+    resp = httpx.request(method, gov.fakes[provider] + path, json=body or None, timeout=10)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def script(gov: Services, provider: str, **fields: Any) -> None:
+    control(gov, provider, "POST", "/_control/reset")
+    control(gov, provider, "POST", "/_control/script", **fields)
+
+
+def received(gov: Services, provider: str) -> list[dict[str, Any]]:
+    requests: list[dict[str, Any]] = control(gov, provider, "GET", "/_control/requests")["requests"]
+    return requests
+
+
+def provider_secret(provider: str) -> str:
+    prefix = "sk-ant-api03-" if provider == "anthropic" else "sk-proj-"
+    return prefix + uuid.uuid4().hex + uuid.uuid4().hex
+
+
+@pytest.fixture
+def byok(gov: Services, org: str) -> Iterator[dict[str, str]]:
+    """An organization with both providers' credentials and a key; yields names and secrets."""
+    secrets = {p: provider_secret(p) for p in ("openai", "anthropic")}
+    gov.cli("orgs", "create", org)
+    for provider, secret in secrets.items():
+        gov.cli("providers", "add", "--org", org, "--provider", provider, "--api-key", secret)
+    yield {"org": org, "key": gov.new_key(org, "byok"), **secrets}
+    for provider in ("openai", "anthropic"):
+        control(gov, provider, "POST", "/_control/reset")
+
+
+def client(gov: Services, key: str, edge: str = "edge") -> OpenAI:
+    return OpenAI(base_url=gov.edges[edge].base_url, api_key=key, max_retries=0)
+
+
+def ledger(gov: Services, org: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(
+        gov.cli("usage", "--org", org, "--format", "json").stdout
+    )
+    return rows
+
+
+def test_models_are_listed_only_for_orgs_with_credentials(
+    gov: Services, byok: dict[str, str]
+) -> None:
+    with client(gov, byok["key"]) as c:
+        ids = {m.id for m in c.models.list()}
+    assert {CLAUDE, GPT, "smollm2-135m-instruct"} <= ids
+    plain = gov.new_key(byok["org"] + "-none", "plain")
+    with client(gov, plain) as c:
+        ids = {m.id for m in c.models.list()}
+        assert not any("/" in i for i in ids)
+        with pytest.raises(openai.NotFoundError):
+            c.chat.completions.create(model=CLAUDE, messages=MESSAGES)
+
+
+def test_anthropic_stream_is_translated_with_upstream_usage(
+    gov: Services, byok: dict[str, str]
+) -> None:
+    script(gov, "anthropic", reply="Hello there, friend.", prompt_tokens=23, completion_tokens=7)
+    with client(gov, byok["key"]) as c:
+        stream = c.chat.completions.create(
+            model=CLAUDE,
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            stop=["END"],
+            temperature=0.2,
+        )
+        chunks = list(stream)
+    content = [ch for ch in chunks if ch.choices]
+    assert all(ch.object == "chat.completion.chunk" and ch.model == CLAUDE for ch in chunks)
+    assert content[0].choices[0].delta.role == "assistant"
+    text = "".join(ch.choices[0].delta.content or "" for ch in content)
+    assert text == "Hello there, friend."
+    finishes = [ch.choices[0].finish_reason for ch in content if ch.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    usage = chunks[-1].usage
+    assert usage is not None and not chunks[-1].choices
+    assert (usage.prompt_tokens, usage.completion_tokens) == (23, 7)
+
+    (sent,) = received(gov, "anthropic")
+    body = sent["body"]
+    assert sent["path"] == "/v1/messages"
+    assert body["system"] == "Be brief."
+    assert body["messages"] == [{"role": "user", "content": "Say hello."}]
+    assert body["stop_sequences"] == ["END"] and body["max_tokens"] > 0 and body["stream"]
+
+    (row,) = ledger(gov, byok["org"])
+    assert row["provider"] == "anthropic" and row["model"] == CLAUDE
+    assert (row["prompt_tokens"], row["completion_tokens"], row["status"]) == (23, 7, "ok")
+
+
+def test_openai_upstream_passes_through(gov: Services, byok: dict[str, str]) -> None:
+    script(gov, "openai", reply="Hi!", prompt_tokens=9, completion_tokens=2)
+    with client(gov, byok["key"]) as c:
+        resp = c.chat.completions.create(model=GPT, messages=MESSAGES, max_tokens=5, seed=1)
+    assert resp.choices[0].message.content == "Hi!"
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage is not None and resp.usage.total_tokens == 11
+    (sent,) = received(gov, "openai")
+    assert sent["body"]["model"] == "gpt-4o-mini" and sent["body"]["max_tokens"] == 5
+    assert sent["body"]["stream_options"] == {"include_usage": True}
+
+
+def test_provider_key_only_reaches_the_provider(gov: Services, byok: dict[str, str]) -> None:
+    script(gov, "anthropic", reply="ok")
+    script(gov, "openai", reply="ok")
+    seen = []
+    with client(gov, byok["key"]) as c:
+        for model in (CLAUDE, GPT):
+            r = c.chat.completions.with_raw_response.create(model=model, messages=MESSAGES)
+            seen.append(r.text + json.dumps(dict(r.headers)))
+    (to_anthropic,) = received(gov, "anthropic")
+    (to_openai,) = received(gov, "openai")
+    assert to_anthropic["headers"]["x-api-key"] == byok["anthropic"]
+    assert to_openai["headers"]["authorization"] == f"Bearer {byok['openai']}"
+
+    listing = gov.cli("providers", "list", "--org", byok["org"]).stdout
+    with httpx.Client(headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+        admin = http.get(gov.edges["edge"].admin_url + "/providers").text
+    db_text = asyncio.run(dump_database(gov.env["SLUICE_DATABASE_URL"]))
+    for secret in (byok["anthropic"], byok["openai"]):
+        for where, text in (
+            ("responses", "".join(seen)),
+            ("cli", listing),
+            ("admin api", admin),
+            ("logs", gov.logs()),
+            ("database", db_text),
+        ):
+            assert secret not in text, f"a provider key leaked into the {where}"
+            assert secret[-20:] not in text, f"part of a provider key leaked into the {where}"
+
+
+async def dump_database(url: str) -> str:
+    """Every row of every table, as text: what someone holding a copy of the database sees."""
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn or DEFAULT_PG_DSN)
+    try:
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        out = []
+        for t in tables:
+            for row in await conn.fetch(f'SELECT * FROM "{t["tablename"]}"'):
+                out.append(repr(dict(row)))
+        return "\n".join(out)
+    finally:
+        await conn.close()
+
+
+def test_governance_refuses_byok_like_hosted(gov: Services, byok: dict[str, str]) -> None:
+    script(gov, "anthropic", reply="ok", prompt_tokens=5, completion_tokens=1)
+    limited = gov.new_key(byok["org"], "rpm2", "--rpm", "2")
+    with client(gov, limited) as c:
+        for _ in range(2):
+            c.chat.completions.create(model=CLAUDE, messages=MESSAGES, max_tokens=4)
+        with pytest.raises(openai.RateLimitError) as err:
+            c.chat.completions.create(model=CLAUDE, messages=MESSAGES, max_tokens=4)
+    assert err.value.code == "rate_limit_exceeded"
+    assert err.value.response.headers["retry-after"]
+
+    broke = gov.new_key(byok["org"], "tiny", "--budget-tokens", "50", "--budget-period", "day")
+    with client(gov, broke) as c, pytest.raises(openai.RateLimitError) as err:
+        for _ in range(5):
+            c.chat.completions.create(model=CLAUDE, messages=MESSAGES, max_tokens=4)
+    assert err.value.code == "insufficient_quota"
+    assert len(received(gov, "anthropic")) == 2  # refused requests never reached the provider
+
+
+def test_failure_before_output_is_retried(gov: Services, byok: dict[str, str]) -> None:
+    script(gov, "anthropic", reply="after retry", fail_next=2, fail_status=529, retry_after="0")
+    with client(gov, byok["key"]) as c:
+        resp = c.chat.completions.create(model=CLAUDE, messages=MESSAGES)
+    assert resp.choices[0].message.content == "after retry"
+    outcomes = [r["outcome"] for r in received(gov, "anthropic")]
+    assert outcomes == ["failed", "failed", "completed"]
+
+
+def test_upstream_credential_rejection_is_not_the_clients_key(
+    gov: Services, byok: dict[str, str]
+) -> None:
+    script(gov, "openai", expected_key="sk-proj-some-other-key")
+    with client(gov, byok["key"]) as c, pytest.raises(openai.APIStatusError) as err:
+        c.chat.completions.create(model=GPT, messages=MESSAGES)
+    assert err.value.status_code == 502
+    assert err.value.code == "upstream_authentication_failed"
+    assert byok["openai"] not in err.value.message
+
+
+def test_failure_mid_stream_ends_with_an_error_and_bills_what_was_delivered(
+    gov: Services, byok: dict[str, str]
+) -> None:
+    script(
+        gov,
+        "anthropic",
+        chunks=["one ", "two ", "three ", "four"],
+        prompt_tokens=13,
+        drop_after_chunks=2,
+    )
+    got = []
+    with client(gov, byok["key"]) as c, pytest.raises(openai.APIError) as err:
+        for chunk in c.chat.completions.create(model=CLAUDE, messages=MESSAGES, stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                got.append(chunk.choices[0].delta.content)
+    assert "".join(got) == "one two "
+    assert "upstream" in str(err.value.message).lower() or "stream" in str(err.value.message)
+    assert len(received(gov, "anthropic")) == 1  # not retried once output had begun
+    (row,) = ledger(gov, byok["org"])
+    assert row["status"] == "error"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (13, 2)
