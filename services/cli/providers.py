@@ -155,7 +155,7 @@ def rekey_cmd(args: argparse.Namespace, settings: Settings) -> int:
     # The key lives in the environment or in a file under data_dir; only in the first case does
     # the operator have to carry the new key anywhere, so only then is it shown (alone on the
     # last line of stdout, the rest on stderr, as `keys create` does).
-    if os.environ.get(CREDENTIALS_KEY_ENV):
+    if settings.credentials_key:
         print(done, file=sys.stderr)
         print(
             f"Set {CREDENTIALS_KEY_ENV} to the new key below wherever the services run, then "

@@ -1,7 +1,8 @@
 """Configuration for every service, read once from `SLUICE_*` environment variables.
 
-A `Settings` object is built in each process's `main()` and passed down; nothing reads the
-environment anywhere else.
+A `Settings` object is built in each process's `main()` and passed down; no service reads the
+environment anywhere else. (One CLI input is not configuration and is read where it is used:
+`sluice providers add` takes a provider key from SLUICE_PROVIDER_API_KEY.)
 """
 
 from __future__ import annotations
