@@ -5,9 +5,12 @@ since these tests stop and kill services."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import httpx
@@ -15,19 +18,23 @@ import openai
 import pytest
 from openai import OpenAI
 
+from bench.stack import free_port
 from services.pb.metering.v1 import metering_pb2, metering_pb2_grpc
 from tests.conftest import DEFAULT_PG_DSN
 from tests.e2e.conftest import create_pg_database
 from tests.e2e.processes import Services
 
 MODEL = "smollm2-135m-instruct"
+RESERVATION_TTL_S = 6
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     tmp = tmp_path_factory.mktemp("failures")
     url, drop = create_pg_database(os.environ.get("SLUICE_TEST_PG_DSN", DEFAULT_PG_DSN))
-    services = Services.create(tmp, url)
+    # Requests here take well under a second; a short reservation lifetime lets the test of an
+    # edge crash see its reservation expire.
+    services = Services.create(tmp, url, {"SLUICE_RESERVATION_TTL_S": str(RESERVATION_TTL_S)})
     try:
         services.start_all()
         yield services
@@ -135,3 +142,30 @@ def test_acknowledged_settlements_survive_kill_9_of_metering(svc: Services) -> N
     svc.start("metering")
     usage = svc.cli("usage", "--org", "durable-http", "--format", "json").stdout
     assert request_id in usage
+
+
+def key_budget(svc: Services, key: str) -> dict[str, Any]:
+    with OpenAI(base_url=svc.edges["edge"].base_url, api_key=key, max_retries=0) as client:
+        page = client.get("/usage/budgets", cast_to=object)
+    assert isinstance(page, dict)
+    (budget,) = [b for b in page["data"] if b["scope"] == "key"]
+    return dict(budget)
+
+
+def test_reservation_of_a_crashed_edge_expires_and_is_released(svc: Services) -> None:
+    key = svc.new_key("crashed", "k", "--budget-tokens", "5000", "--budget-period", "day")
+    svc.start("edge-crash", SLUICE_EDGE_PORT=str(free_port()))
+    with OpenAI(base_url=svc.edges["edge-crash"].base_url, api_key=key, max_retries=0) as client:
+        stream = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=400, stream=True
+        )
+        next(iter(stream))  # admitted and streaming: its reservation is held
+        svc.stop("edge-crash", signal.SIGKILL)
+    held = key_budget(svc, key)
+    assert held["reserved_tokens"] > 0 and held["used_tokens"] == 0
+    deadline = time.monotonic() + RESERVATION_TTL_S + 30
+    while key_budget(svc, key)["reserved_tokens"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert key_budget(svc, key)["reserved_tokens"] == 0
+    rows = json.loads(svc.cli("usage", "--org", "crashed", "--format", "json").stdout)
+    assert [r["status"] for r in rows] == ["expired"]
