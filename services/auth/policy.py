@@ -8,47 +8,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 
 from services.common.errors import InvalidArgument
+from services.common.quota import Quota
 
-BUDGET_PERIODS = ("day", "month", "none")
 # Bounds that keep one key's policy small enough to read on every request.
 MAX_ENTRIES = 100
 MAX_MODEL_LEN = 200
 # A hundred years: long enough for "never" in practice, short enough for datetime arithmetic.
 MAX_SECONDS = 100 * 365 * 86400
-_INT64_MAX = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class Quota:
-    """A key's own limits; 0 means no limit of that kind."""
-
-    rpm: int = 0
-    tpm: int = 0
-    max_concurrent: int = 0
-    budget_tokens: int = 0
-    budget_period: str = "none"
 
 
 def check_quota(quota: Quota | None) -> Quota:
     """The quota with its period normalized; `InvalidArgument` naming the bad field."""
     if quota is None:
         return Quota()
-    for f in fields(quota):
-        value = getattr(quota, f.name)
-        if isinstance(value, int) and not 0 <= value <= _INT64_MAX:
-            raise InvalidArgument(
-                f"quota.{f.name} must be a non-negative integer", param=f"quota.{f.name}"
-            )
-    period = quota.budget_period.strip().lower() or "none"
-    if period not in BUDGET_PERIODS:
-        raise InvalidArgument(
-            f"quota.budget_period must be one of {', '.join(BUDGET_PERIODS)}",
-            param="quota.budget_period",
-        )
-    return replace(quota, budget_period=period)
+    # Operators type periods by hand: " Month" means "month".
+    period = quota.budget_period.strip().lower()
+    return replace(quota, budget_period=period).validated("quota")
 
 
 def check_seconds(value: int, param: str) -> int:

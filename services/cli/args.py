@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.cli.rpc import CommandFailed
+from services.common.quota import BUDGET_PERIODS
 
 INT64_MAX = 2**63 - 1
-BUDGET_PERIODS = ("day", "month", "none")
 LIMIT_FLAGS = ("rpm", "tpm", "max_concurrent")
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 # Units in descending order, each at most once: "1h30m" reads one way only, "30m1h" is refused.

@@ -16,40 +16,14 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.errors import InvalidArgument, NotFound
+from services.common.quota import Quota
 from services.metering.models import plans, policies
 from services.metering.transactions import upsert, write_transaction
 
-PERIODS = ("day", "month", "none")
 POLICY_SCOPES = ("org", "project")
 PLAN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CACHE_TTL_S = 1.0
 CACHE_SIZE = 10_000
-
-
-@dataclass(frozen=True)
-class Quota:
-    """Limits of one scope; 0 = no limit of that kind."""
-
-    rpm: int = 0
-    tpm: int = 0
-    max_concurrent: int = 0
-    budget_tokens: int = 0
-    budget_period: str = "none"
-
-    def validated(self, param: str) -> Quota:
-        """This quota with "" read as "none"; InvalidArgument names `param`.field when wrong."""
-        for name in ("rpm", "tpm", "max_concurrent", "budget_tokens"):
-            if getattr(self, name) < 0:
-                raise InvalidArgument(
-                    f"{param}.{name} must not be negative", param=f"{param}.{name}"
-                )
-        period = self.budget_period or "none"
-        if period not in PERIODS:
-            raise InvalidArgument(
-                f"{param}.budget_period must be one of {', '.join(PERIODS)}",
-                param=f"{param}.budget_period",
-            )
-        return replace(self, budget_period=period)
 
 
 @dataclass(frozen=True)
