@@ -7,9 +7,9 @@ import asyncio
 import os
 import re
 import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from bench import stack as launcher
 from tests.conftest import DEFAULT_PG_DSN
-from tests.e2e.processes import Services
+from tests.e2e.processes import Services, create_key, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,19 +49,10 @@ class Stack:
         return list(self.run.output)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.cli", *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=60,
-        )
+        return run_cli(self.env, *args, check=check)
 
     def new_key(self, org: str = "acme", name: str = "test") -> str:
-        out = self.cli("keys", "create", "--org", org, "--name", name).stdout
-        return out.strip().splitlines()[-1]
+        return create_key(self.env, org, name)
 
     def client(self, key: str | None = None) -> OpenAI:
         """An SDK client, closed when the stack stops."""
@@ -132,20 +123,31 @@ def stack(
 def gov(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     """The governance stack on PostgreSQL: auth, metering, engine and two edges (IPv4 loopback
     and IPv6 loopback) sharing them; 127.0.0.2 is the one trusted proxy."""
-    tmp = tmp_path_factory.mktemp("gov")
+    env = {
+        "SLUICE_TRUSTED_PROXIES": "127.0.0.2/32",
+        # The upstream providers are loopback stand-ins speaking their wire formats.
+        "SLUICE_UPSTREAM_MAX_RETRIES": "2",
+    }
+    with services_on_postgres(
+        tmp_path_factory.mktemp("gov"), env, {"edge": "127.0.0.1", "edge-b": "::1"}, fakes=True
+    ) as services:
+        yield services
+
+
+@contextmanager
+def services_on_postgres(
+    tmp: Path,
+    extra_env: Mapping[str, str],
+    edges: Mapping[str, str] = {"edge": "127.0.0.1"},
+    fakes: bool = False,
+) -> Iterator[Services]:
+    """The services as separate processes over a fresh PostgreSQL database, dropped after."""
     url, drop = create_pg_database(os.environ.get("SLUICE_TEST_PG_DSN", DEFAULT_PG_DSN))
-    services = Services.create(
-        tmp,
-        url,
-        {
-            "SLUICE_TRUSTED_PROXIES": "127.0.0.2/32",
-            # The upstream providers are loopback stand-ins speaking their wire formats.
-            "SLUICE_UPSTREAM_MAX_RETRIES": "2",
-        },
-    )
+    services = Services.create(tmp, url, extra_env)
     try:
-        services.start_fakes()
-        services.start_all({"edge": "127.0.0.1", "edge-b": "::1"})
+        if fakes:
+            services.start_fakes()
+        services.start_all(edges)
         yield services
     finally:
         services.stop_all()

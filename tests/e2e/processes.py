@@ -149,20 +149,31 @@ class Services:
             self.stop(name)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.cli", *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=60,
-        )
+        return run_cli(self.env, *args, check=check)
 
     def new_key(self, org: str, name: str = "test", *options: str) -> str:
-        """`sluice keys create` with options; returns the secret (the last line of stdout)."""
-        out = self.cli("keys", "create", "--org", org, "--name", name, *options).stdout
-        return out.strip().splitlines()[-1]
+        return create_key(self.env, org, name, *options)
+
+
+def run_cli(
+    env: Mapping[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`sluice ARGS...` against the services that `env` points at."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=60,
+    )
+
+
+def create_key(env: Mapping[str, str], org: str, name: str, *options: str) -> str:
+    """`sluice keys create` with options; returns the secret (the last line of stdout)."""
+    out = run_cli(env, "keys", "create", "--org", org, "--name", name, *options).stdout
+    return out.strip().splitlines()[-1]
 
 
 def _http_ok(url: str) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -20,8 +19,7 @@ from openai import OpenAI
 
 from bench.stack import free_port
 from services.pb.metering.v1 import metering_pb2, metering_pb2_grpc
-from tests.conftest import DEFAULT_PG_DSN
-from tests.e2e.conftest import create_pg_database
+from tests.e2e.conftest import services_on_postgres
 from tests.e2e.processes import Services
 
 MODEL = "smollm2-135m-instruct"
@@ -30,17 +28,11 @@ RESERVATION_TTL_S = 6
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    tmp = tmp_path_factory.mktemp("failures")
-    url, drop = create_pg_database(os.environ.get("SLUICE_TEST_PG_DSN", DEFAULT_PG_DSN))
     # Requests here take well under a second; a short reservation lifetime lets the test of an
     # edge crash see its reservation expire.
-    services = Services.create(tmp, url, {"SLUICE_RESERVATION_TTL_S": str(RESERVATION_TTL_S)})
-    try:
-        services.start_all()
+    env = {"SLUICE_RESERVATION_TTL_S": str(RESERVATION_TTL_S)}
+    with services_on_postgres(tmp_path_factory.mktemp("failures"), env) as services:
         yield services
-    finally:
-        services.stop_all()
-        drop()
 
 
 def tokens_served(svc: Services) -> float:
