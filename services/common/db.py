@@ -36,18 +36,26 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
-async def migrate(engine: AsyncEngine, script_location: Path, version_table: str) -> None:
-    """Upgrades the service's schema to head over the engine's own connection."""
+async def migrate(
+    engine: AsyncEngine,
+    script_location: Path,
+    version_table: str,
+    revision: str = "head",
+    *,
+    downgrade: bool = False,
+) -> None:
+    """Moves the service's schema to `revision` (services start at head) over the engine's own
+    connection; `downgrade` goes back instead, for a rollback."""
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location))
     cfg.attributes["version_table"] = version_table
 
-    def _upgrade(sync_conn: Any) -> None:
+    def _run(sync_conn: Any) -> None:
         cfg.attributes["connection"] = sync_conn
-        command.upgrade(cfg, "head")
+        (command.downgrade if downgrade else command.upgrade)(cfg, revision)
 
     async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+        await conn.run_sync(_run)
 
 
 def run_migrations_online(target_metadata: Any) -> None:

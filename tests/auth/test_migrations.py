@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,7 +18,7 @@ from services.auth.main import MIGRATIONS, VERSION_TABLE
 from services.auth.models import metadata
 from services.auth.orgs import DEFAULT_PROJECT
 from services.auth.store import KeyStore
-from services.common.db import create_engine
+from services.common.db import create_engine, migrate
 from services.common.errors import Unauthenticated
 from services.common.sqltypes import UTCDateTime
 from tests.auth.conftest import SERVER_SECRET
@@ -45,16 +43,7 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 async def _migrate(engine: AsyncEngine, revision: str, *, down: bool = False) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.attributes["version_table"] = VERSION_TABLE
-
-    def run(sync_conn: Any) -> None:
-        cfg.attributes["connection"] = sync_conn
-        (command.downgrade if down else command.upgrade)(cfg, revision)
-
-    async with engine.begin() as conn:
-        await conn.run_sync(run)
+    await migrate(engine, MIGRATIONS, VERSION_TABLE, revision, downgrade=down)
 
 
 @pytest.fixture

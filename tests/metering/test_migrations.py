@@ -4,10 +4,7 @@ keep working."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import bindparam, text
 
 from services.common.db import create_engine, migrate
@@ -23,16 +20,8 @@ OLD_AT = datetime(2025, 3, 14, 11, tzinfo=UTC)
 async def test_upgrade_keeps_old_rows_working(db_url: str) -> None:
     engine = create_engine(db_url)
     try:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        cfg.attributes["version_table"] = VERSION_TABLE
-
-        def to_0001(conn: Any) -> None:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0001")
-
+        await migrate(engine, MIGRATIONS, VERSION_TABLE, "0001")
         async with engine.begin() as conn:
-            await conn.run_sync(to_0001)
             for rid, settled in (("res_open", None), ("res_done", OLD_AT)):
                 await conn.execute(
                     text(
