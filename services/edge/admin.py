@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.edge.backends import Backends, unary
+from services.edge.backends import Backends, backends_of, unary
 from services.edge.errors import APIError
 from services.edge.generation import read_json_object
 from services.edge.usage import records_response, to_json, totals_response, usage_filter
@@ -30,7 +30,7 @@ _M = TypeVar("_M", bound=Message)
 
 def _backends(request: Request) -> Backends:
     """The backends, once the operator token has been checked (constant time)."""
-    backends: Backends = request.app.state.backends
+    backends = backends_of(request)
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -45,15 +45,20 @@ def _backends(request: Request) -> Backends:
     return backends
 
 
+def _parse(data: Any, message: _M) -> _M:
+    """JSON into a proto message; a wrong field or type is the client's 400."""
+    try:
+        json_format.ParseDict(data, message)
+    except json_format.ParseError as exc:
+        raise APIError(400, f"Invalid request body: {exc}", code="invalid_value") from None
+    return message
+
+
 async def _body(request: Request, message: _M, **defaults: Any) -> _M:
     body = await read_json_object(request)
     for name, value in defaults.items():
         body.setdefault(name, value)
-    try:
-        json_format.ParseDict(body, message)
-    except json_format.ParseError as exc:
-        raise APIError(400, f"Invalid request body: {exc}", code="invalid_value") from None
-    return message
+    return _parse(body, message)
 
 
 async def _org(backends: Backends, ref: str) -> auth_pb2.Org:
@@ -88,11 +93,7 @@ async def _update_policy(
         merged["plan"] = body["plan"]
     merged["quota"] = {**merged.get("quota", {}), **(body.get("quota") or {})}
     merged.update(scope=scope, scope_id=scope_id)
-    policy = metering_pb2.Policy()
-    try:
-        json_format.ParseDict(merged, policy)
-    except json_format.ParseError as exc:
-        raise APIError(400, f"Invalid request body: {exc}", code="invalid_value") from None
+    policy = _parse(merged, metering_pb2.Policy())
     return await unary(backends.metering.SetPolicy, policy, "metering")
 
 
@@ -141,20 +142,16 @@ async def update_org(request: Request) -> Response:
 async def create_project(request: Request) -> Response:
     backends = _backends(request)
     body = await read_json_object(request)
+    # Parsed before anything is created, so a bad quota leaves no project behind.
+    quota = _parse(body.get("quota") or {}, metering_pb2.Quota())
     project = await unary(
         backends.auth.CreateProject,
         auth_pb2.CreateProjectRequest(org=str(body.get("org", "")), name=str(body.get("name", ""))),
         "auth",
     )
     if body.get("quota"):
-        await unary(
-            backends.metering.SetPolicy,
-            json_format.ParseDict(
-                {"scope": "project", "scope_id": project.id, "quota": body["quota"]},
-                metering_pb2.Policy(),
-            ),
-            "metering",
-        )
+        policy = metering_pb2.Policy(scope="project", scope_id=project.id, quota=quota)
+        await unary(backends.metering.SetPolicy, policy, "metering")
     policy = await _policy(backends, "project", project.id)
     return JSONResponse({**to_json(project), "policy": to_json(policy)}, status_code=201)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+from starlette.requests import Request
 
 from services.common.settings import Settings
 from services.edge.client_ip import IPNetwork, parse_networks
@@ -26,6 +27,12 @@ CONTROL_TIMEOUT_S = 10.0
 MODEL_CACHE_SIZE = 10_000
 
 T = TypeVar("T")
+
+
+def backends_of(request: Request) -> Backends:
+    """The app's gRPC clients, opened in its lifespan."""
+    backends: Backends = request.app.state.backends
+    return backends
 
 
 async def unary(method: Callable[..., Awaitable[T]], request: Any, service: str) -> T:

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.edge import admin, usage
-from services.edge.backends import CONTROL_TIMEOUT_S, Backends
+from services.edge.backends import CONTROL_TIMEOUT_S, backends_of
 from services.edge.errors import APIError, from_grpc
 from services.edge.generation import ChatShape, CompletionShape, handle, parse_body
 from services.edge.governance import authenticate
@@ -20,20 +20,15 @@ from services.edge.protocol import ChatCompletionRequest, CompletionRequest
 from services.pb.engine.v1 import engine_pb2
 
 
-def _backends(request: Request) -> Backends:
-    backends: Backends = request.app.state.backends
-    return backends
-
-
 async def chat_completions(request: Request) -> Response:
     req = await parse_body(request, ChatCompletionRequest)
-    backends = _backends(request)
+    backends = backends_of(request)
     return await handle(backends, request, ChatShape(req), backends.settings.request_timeout_s)
 
 
 async def completions(request: Request) -> Response:
     req = await parse_body(request, CompletionRequest)
-    backends = _backends(request)
+    backends = backends_of(request)
     return await handle(
         backends, request, CompletionShape(req), backends.settings.request_timeout_s
     )
@@ -44,7 +39,7 @@ def _model_json(info: engine_pb2.ModelInfo, model_id: str) -> dict[str, object]:
 
 
 async def list_models(request: Request) -> Response:
-    backends = _backends(request)
+    backends = backends_of(request)
     principal = await authenticate(backends, request, "")
     try:
         resp = await backends.engine.ListModels(
@@ -60,7 +55,7 @@ async def list_models(request: Request) -> Response:
 
 
 async def retrieve_model(request: Request) -> Response:
-    backends = _backends(request)
+    backends = backends_of(request)
     name = request.path_params["model"]
     principal = await authenticate(backends, request, name)
     try:
@@ -76,7 +71,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready when auth, metering and engine all answer their gRPC health checks."""
-    backends = _backends(request)
+    backends = backends_of(request)
 
     async def check(name: str, channel: grpc.aio.Channel) -> tuple[str, str]:
         try:

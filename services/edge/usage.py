@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from services.edge.backends import Backends, unary
+from services.edge.backends import Backends, backends_of, unary
 from services.edge.errors import APIError
 from services.edge.governance import authenticate, metering_quota
 from services.pb.metering.v1 import metering_pb2
@@ -135,26 +135,21 @@ async def totals_response(
     return JSONResponse({"object": "list", "group_by": group_by, "data": rows})
 
 
-def _backends(request: Request) -> Backends:
-    backends: Backends = request.app.state.backends
-    return backends
-
-
 async def usage_records(request: Request) -> Response:
-    backends = _backends(request)
+    backends = backends_of(request)
     principal = await authenticate(backends, request, "")
     return await records_response(backends, request, usage_filter(request, principal.org_id))
 
 
 async def usage_totals(request: Request) -> Response:
-    backends = _backends(request)
+    backends = backends_of(request)
     principal = await authenticate(backends, request, "")
     return await totals_response(backends, request, usage_filter(request, principal.org_id))
 
 
 async def usage_budgets(request: Request) -> Response:
     """The budgets that apply to the calling key, with what is used and reserved."""
-    backends = _backends(request)
+    backends = backends_of(request)
     p = await authenticate(backends, request, "")
     resp = await unary(
         backends.metering.GetBudgets,
