@@ -109,7 +109,6 @@ class ChatShape:
     """Wraps engine output as `chat.completion` / `chat.completion.chunk` objects."""
 
     req: ChatCompletionRequest
-    endpoint: str = "/v1/chat/completions"
 
     def generate_request(self, model: str) -> engine_pb2.GenerateRequest:
         msgs = engine_pb2.Messages(
@@ -158,7 +157,6 @@ class CompletionShape:
     """Wraps engine output as legacy `text_completion` objects."""
 
     req: CompletionRequest
-    endpoint: str = "/v1/completions"
 
     def generate_request(self, model: str) -> engine_pb2.GenerateRequest:
         out = engine_pb2.GenerateRequest(
