@@ -11,10 +11,10 @@ from datetime import datetime
 import grpc
 
 from services.auth.orgs import OrgInfo, ProjectInfo
-from services.auth.policy import Quota
 from services.auth.providers import ProviderInfo, ProviderStore
 from services.auth.store import KeyInfo, KeyStore
 from services.common.errors import Unavailable
+from services.common.quota import quota_from_proto, quota_to_proto
 from services.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
@@ -22,26 +22,6 @@ SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 
 def _unix(at: datetime | None) -> int:
     return int(at.timestamp()) if at is not None else 0
-
-
-def encode_quota(quota: Quota) -> auth_pb2.Quota:
-    return auth_pb2.Quota(
-        rpm=quota.rpm,
-        tpm=quota.tpm,
-        max_concurrent=quota.max_concurrent,
-        budget_tokens=quota.budget_tokens,
-        budget_period=quota.budget_period,
-    )
-
-
-def decode_quota(quota: auth_pb2.Quota) -> Quota:
-    return Quota(
-        rpm=quota.rpm,
-        tpm=quota.tpm,
-        max_concurrent=quota.max_concurrent,
-        budget_tokens=quota.budget_tokens,
-        budget_period=quota.budget_period,
-    )
 
 
 def encode_key(info: KeyInfo) -> auth_pb2.KeyInfo:
@@ -58,7 +38,7 @@ def encode_key(info: KeyInfo) -> auth_pb2.KeyInfo:
         allowed_models=info.allowed_models,
         allowed_ips=info.allowed_ips,
         expires=_unix(info.expires_at),
-        quota=encode_quota(info.quota),
+        quota=quota_to_proto(info.quota, auth_pb2.Quota),
         previous_fingerprint=info.previous_fingerprint or "",
         previous_expires=_unix(info.previous_expires_at),
         state=info.state,
@@ -122,7 +102,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             key_name=p.key_name,
             project_id=p.project_id,
             project_name=p.project_name,
-            key_quota=encode_quota(p.key_quota),
+            key_quota=quota_to_proto(p.key_quota, auth_pb2.Quota),
             allowed_models=p.allowed_models,
         )
 
@@ -158,7 +138,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             allowed_models=list(request.allowed_models),
             allowed_ips=list(request.allowed_ips),
             expires_in_seconds=request.expires_in_seconds,
-            quota=decode_quota(request.quota),
+            quota=quota_from_proto(request.quota),
         )
         return auth_pb2.CreateKeyResponse(key=encode_key(info), secret=secret)
 

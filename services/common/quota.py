@@ -3,9 +3,14 @@ enforces every scope's. One type and one check, so both services agree on what i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from services.common.errors import InvalidArgument
+
+_M = TypeVar("_M", bound=Message)
 
 BUDGET_PERIODS = ("day", "month", "none")
 # The protos carry these as int64.
@@ -37,3 +42,13 @@ class Quota:
                 param=f"{param}.budget_period",
             )
         return replace(self, budget_period=period)
+
+
+def quota_from_proto(message: Any) -> Quota:
+    """A `Quota` from either service's proto `Quota` message (their fields are the same)."""
+    return Quota(**{f.name: getattr(message, f.name) for f in fields(Quota)})
+
+
+def quota_to_proto(quota: Quota, message_type: type[_M]) -> _M:
+    """`quota` as a proto `Quota` message of the given service."""
+    return message_type(**asdict(quota))

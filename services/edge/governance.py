@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from starlette.requests import Request
 
+from services.common.quota import quota_from_proto, quota_to_proto
 from services.common.ratelimits import rate_limit_headers
 from services.edge.backends import CONTROL_TIMEOUT_S, Backends
 from services.edge.client_ip import client_ip
@@ -87,13 +88,7 @@ async def authenticate(backends: Backends, request: Request, model: str) -> auth
 
 def metering_quota(quota: auth_pb2.Quota) -> metering_pb2.Quota:
     """A key's limits (as auth keeps them) in the form metering enforces them."""
-    return metering_pb2.Quota(
-        rpm=quota.rpm,
-        tpm=quota.tpm,
-        max_concurrent=quota.max_concurrent,
-        budget_tokens=quota.budget_tokens,
-        budget_period=quota.budget_period,
-    )
+    return quota_to_proto(quota_from_proto(quota), metering_pb2.Quota)
 
 
 def record_refusal(

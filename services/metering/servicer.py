@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import grpc
 
+from services.common.quota import quota_from_proto, quota_to_proto
 from services.metering.budgets import BudgetState
 from services.metering.ledger import Ledger, UsageRecord, UsageTotal
-from services.metering.plans import Plan, Policy, Quota
+from services.metering.plans import Plan, Policy
 from services.metering.ratelimit import RateLimitState
 from services.pb.metering.v1 import metering_pb2, metering_pb2_grpc
 
@@ -40,26 +41,6 @@ def encode_record(r: UsageRecord) -> metering_pb2.UsageRecord:
     )
 
 
-def decode_quota(q: metering_pb2.Quota) -> Quota:
-    return Quota(
-        rpm=q.rpm,
-        tpm=q.tpm,
-        max_concurrent=q.max_concurrent,
-        budget_tokens=q.budget_tokens,
-        budget_period=q.budget_period,
-    )
-
-
-def encode_quota(q: Quota) -> metering_pb2.Quota:
-    return metering_pb2.Quota(
-        rpm=q.rpm,
-        tpm=q.tpm,
-        max_concurrent=q.max_concurrent,
-        budget_tokens=q.budget_tokens,
-        budget_period=q.budget_period,
-    )
-
-
 def encode_plan(p: Plan) -> metering_pb2.Plan:
     return metering_pb2.Plan(
         name=p.name,
@@ -73,7 +54,10 @@ def encode_plan(p: Plan) -> metering_pb2.Plan:
 
 def encode_policy(p: Policy) -> metering_pb2.Policy:
     return metering_pb2.Policy(
-        scope=p.scope, scope_id=p.scope_id, plan=p.plan, quota=encode_quota(p.quota)
+        scope=p.scope,
+        scope_id=p.scope_id,
+        plan=p.plan,
+        quota=quota_to_proto(p.quota, metering_pb2.Quota),
     )
 
 
@@ -125,7 +109,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             endpoint=request.endpoint,
             request_id=request.request_id,
             project_id=request.project_id,
-            key_quota=decode_quota(request.key_quota),
+            key_quota=quota_from_proto(request.key_quota),
             client_ip=request.client_ip,
             provider=request.provider,
         )
@@ -218,7 +202,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
                 scope=request.scope,
                 scope_id=request.scope_id,
                 plan=request.plan,
-                quota=decode_quota(request.quota),
+                quota=quota_from_proto(request.quota),
             )
         )
         return encode_policy(policy)
@@ -235,7 +219,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             org_id=request.org_id,
             project_id=request.project_id,
             key_id=request.key_id,
-            key_quota=decode_quota(request.key_quota),
+            key_quota=quota_from_proto(request.key_quota),
         )
         return metering_pb2.GetBudgetsResponse(budgets=[encode_budget(b) for b in states])
 
