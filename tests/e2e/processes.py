@@ -8,6 +8,7 @@ any number of extra edges sharing the same auth, metering and engine.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -153,6 +155,12 @@ class Services:
 
     def new_key(self, org: str, name: str = "test", *options: str) -> str:
         return create_key(self.env, org, name, *options)
+
+    def ledger(self, org: str) -> list[dict[str, Any]]:
+        """The organization's usage records, newest first, as `sluice usage --format json`."""
+        out = self.cli("usage", "--org", org, "--format", "json", "--limit", "1000").stdout
+        rows: list[dict[str, Any]] = json.loads(out)
+        return rows
 
 
 def run_cli(

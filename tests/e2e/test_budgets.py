@@ -4,7 +4,6 @@ a budget that admits only a few, and budgets per project and per organization.""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import openai
 import pytest
@@ -66,9 +65,7 @@ def test_budget_race_over_two_edges_never_overshoots(gov: Services, org: str) ->
     assert set(refused) == {"refused:insufficient_quota"}
     assert sum(served) <= BUDGET
 
-    ledger = json.loads(
-        gov.cli("usage", "--org", org, "--format", "json", "--limit", "1000").stdout
-    )
+    ledger = gov.ledger(org)
     ok_rows = [r for r in ledger if r["status"] == "ok"]
     assert len(ok_rows) == len(served)
     ledger_total = sum(int(r["prompt_tokens"]) + int(r["completion_tokens"]) for r in ledger)

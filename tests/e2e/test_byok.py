@@ -64,13 +64,6 @@ def client(gov: Services, key: str, edge: str = "edge") -> OpenAI:
     return OpenAI(base_url=gov.edges[edge].base_url, api_key=key, max_retries=0)
 
 
-def ledger(gov: Services, org: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = json.loads(
-        gov.cli("usage", "--org", org, "--format", "json").stdout
-    )
-    return rows
-
-
 def test_models_are_listed_only_for_orgs_with_credentials(
     gov: Services, byok: dict[str, str]
 ) -> None:
@@ -117,7 +110,7 @@ def test_anthropic_stream_is_translated_with_upstream_usage(
     assert body["messages"] == [{"role": "user", "content": "Say hello."}]
     assert body["stop_sequences"] == ["END"] and body["max_tokens"] > 0 and body["stream"]
 
-    (row,) = ledger(gov, byok["org"])
+    (row,) = gov.ledger(byok["org"])
     assert row["provider"] == "anthropic" and row["model"] == CLAUDE
     assert (row["prompt_tokens"], row["completion_tokens"], row["status"]) == (23, 7, "ok")
 
@@ -235,6 +228,6 @@ def test_failure_mid_stream_ends_with_an_error_and_bills_what_was_delivered(
     assert "".join(got) == "one two "
     assert "upstream" in str(err.value.message).lower() or "stream" in str(err.value.message)
     assert len(received(gov, "anthropic")) == 1  # not retried once output had begun
-    (row,) = ledger(gov, byok["org"])
+    (row,) = gov.ledger(byok["org"])
     assert row["status"] == "error"
     assert (row["prompt_tokens"], row["completion_tokens"]) == (13, 2)

@@ -5,7 +5,6 @@ since these tests stop and kill services."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from collections.abc import Iterator
@@ -159,5 +158,5 @@ def test_reservation_of_a_crashed_edge_expires_and_is_released(svc: Services) ->
     while key_budget(svc, key)["reserved_tokens"] and time.monotonic() < deadline:
         time.sleep(0.5)
     assert key_budget(svc, key)["reserved_tokens"] == 0
-    rows = json.loads(svc.cli("usage", "--org", "crashed", "--format", "json").stdout)
+    rows = svc.ledger("crashed")
     assert [r["status"] for r in rows] == ["expired"]

@@ -35,12 +35,6 @@ def works(base_url: str, key: str) -> bool:
     return True
 
 
-def usage(gov: Services, org: str) -> list[dict[str, object]]:
-    out = gov.cli("usage", "--org", org, "--format", "json").stdout
-    rows: list[dict[str, object]] = json.loads(out)
-    return rows
-
-
 def key_row(gov: Services, org: str) -> dict[str, object]:
     rows = json.loads(gov.cli("keys", "list", "--org", org, "--format", "json").stdout)
     assert len(rows) == 1
@@ -59,7 +53,7 @@ def test_key_in_named_project_is_recorded_under_it(gov: Services, org: str) -> N
     projects = json.loads(gov.cli("projects", "list", "--org", org, "--format", "json").stdout)
     ids = {p["name"]: p["id"] for p in projects}
     assert set(ids) == {"default", "search-app"}
-    recorded = {r["project_id"] for r in usage(gov, org)}
+    recorded = {r["project_id"] for r in gov.ledger(org)}
     assert recorded == {ids["search-app"], ids["default"]}
 
 
@@ -80,7 +74,7 @@ def test_allowed_models_refuse_others_with_403(gov: Services, org: str) -> None:
     assert err.value.status_code == 403
     assert err.value.code == "model_not_allowed"
     # The refusal is in the ledger too, attributed to the key.
-    statuses = sorted(str(r["status"]) for r in usage(gov, org))
+    statuses = sorted(str(r["status"]) for r in gov.ledger(org))
     assert statuses == ["ok", "rejected"]
 
 
@@ -127,4 +121,4 @@ def test_rotated_key_old_secret_works_until_grace_ends(gov: Services, org: str) 
             ask(base, old)
         assert works(base, new)
     # One key throughout: usage of both secrets is attributed to the same key id.
-    assert {r["key_id"] for r in usage(gov, org)} == {key_id}
+    assert {r["key_id"] for r in gov.ledger(org)} == {key_id}
