@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +11,7 @@ from services.auth.providers import ProviderStore
 from services.auth.servicer import SERVICE_NAME, add_to_server
 from services.auth.store import KeyStore
 from services.common.db import create_engine, migrate
-from services.common.grpc_server import configure_logging, serve
+from services.common.grpc_server import configure_logging, run_service, serve
 from services.common.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -39,5 +38,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_level)
-    asyncio.run(run(settings))
+    run_service(run(settings))
     return 0

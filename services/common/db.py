@@ -22,7 +22,10 @@ def create_engine(url: str) -> AsyncEngine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # Every connection is returned with its transaction already ended (committed, or rolled
+        # back by SQLAlchemy's Connection on close), so the pool's own rollback on return would
+        # be one more trip to the driver's thread for nothing.
+        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_reset_on_return=None)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:

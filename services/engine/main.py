@@ -8,7 +8,7 @@ import logging
 import grpc
 import onnxruntime as ort
 
-from services.common.grpc_server import configure_logging, serve
+from services.common.grpc_server import configure_logging, run_service, serve
 from services.common.settings import Settings
 from services.engine.generation import Generator, HostedModel, loop_dispatch
 from services.engine.registry import ModelRegistry, choose_variant, load_entry
@@ -92,7 +92,7 @@ def main() -> None:
     # httpcore's DEBUG trace prints upstream response headers (which can name the customer's
     # provider organization); request headers, where the provider key is, are never printed.
     logging.getLogger("httpcore").setLevel(max(logging.INFO, logging.getLogger().level))
-    asyncio.run(_serve(settings))
+    run_service(_serve(settings))
 
 
 if __name__ == "__main__":

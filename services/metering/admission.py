@@ -48,6 +48,11 @@ CLOSE_RESERVATION = (
     .where(RESERVATIONS.c.id == bindparam("rid"), RESERVATIONS.c.settled_at.is_(None))
     .values(settled_at=bindparam("closed_at", type_=UTCDateTime()))
 )
+# Closing an open reservation returns what settle needs in the same round trip.
+SETTLED_FIELDS = (
+    "org_id", "project_id", "key_id", "endpoint", "request_id", "client_ip", "provider", "holds",
+)  # fmt: skip
+CLOSE_AND_READ = CLOSE_RESERVATION.returning(*(RESERVATIONS.c[f] for f in SETTLED_FIELDS))
 READ_RESERVATION = select(RESERVATIONS).where(RESERVATIONS.c.id == bindparam("rid"))
 EXPIRE_BATCH = 500
 # What an "expired" record copies from its reservation.
@@ -277,14 +282,13 @@ class Admissions:
             async with write_transaction(self._engine, write_first=True) as conn:
                 if reservation_id:
                     # Conditional, so exactly one of settle and expiry gives the holds back.
-                    closed = await conn.execute(
-                        CLOSE_RESERVATION, {"rid": reservation_id, "closed_at": _utc(now)}
-                    )
-                    res = (
-                        (await conn.execute(READ_RESERVATION, {"rid": reservation_id}))
-                        .mappings()
-                        .one_or_none()
-                    )
+                    close = {"rid": reservation_id, "closed_at": _utc(now)}
+                    res = (await conn.execute(CLOSE_AND_READ, close)).mappings().one_or_none()
+                    release = res is not None
+                    if res is None:
+                        # Already closed (expired) or unknown: read what there is.
+                        read = {"rid": reservation_id}
+                        res = (await conn.execute(READ_RESERVATION, read)).mappings().one_or_none()
                     if res is None:
                         log.warning(
                             "settling unknown reservation %s; recording anyway", reservation_id
@@ -296,7 +300,7 @@ class Admissions:
                         for name in ("endpoint", "request_id", "client_ip", "provider"):
                             fields[name] = fields[name] or res[name]
                         holds = budgets.decode_holds(res["holds"])
-                        await budgets.settle(conn, holds, actual, release=closed.rowcount == 1)
+                        await budgets.settle(conn, holds, actual, release=release)
                 record = new_record(
                     now=now,
                     reservation_id=reservation_id or None,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from services.common.db import create_engine, migrate
-from services.common.grpc_server import configure_logging, serve
+from services.common.grpc_server import configure_logging, run_service, serve
 from services.common.settings import Settings
 from services.metering.ledger import Ledger
 from services.metering.servicer import SERVICE_NAME, add_to_server
@@ -55,5 +54,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_level)
-    asyncio.run(run(settings))
+    run_service(run(settings))
     return 0
