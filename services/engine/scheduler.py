@@ -152,13 +152,13 @@ class Scheduler:
             with self.cond:
                 self._drop_cancelled()
                 while not self.stopping and not self.waiting and not self._running():
+                    self._flush()
                     self.cond.wait()
                     self._drop_cancelled()
                 if self.stopping:
                     break
                 self._admit()
             self._prefill_step()
-            self._flush()
             decoding = [s for s in self._running() if not s.prefilling]
             if decoding:
                 try:
@@ -167,7 +167,6 @@ class Scheduler:
                     log.exception("decode step failed")
                     for seq in decoding:
                         self._finish(seq, error=exc)
-                self._flush()
         for seq in [*self._running(), *self.waiting]:
             self._finish(seq, error=RuntimeError("engine stopping"))
         self._flush()
@@ -176,6 +175,9 @@ class Scheduler:
         self._outbox.append((seq.emit, event))
 
     def _flush(self) -> None:
+        """Hands the collected events to `dispatch`: right before the next ONNX Runtime call (or
+        before going idle), so that the event loop does its share of the work while this thread
+        computes without the GIL, instead of both wanting the GIL between steps."""
         if self._outbox:
             items, self._outbox = self._outbox, []
             self.dispatch(items)
@@ -233,6 +235,7 @@ class Scheduler:
         self._run_prefill(group, [s.prompt for s in group], past=0)
 
     def _run_prefill(self, group: list[Sequence], chunks: list[list[int]], past: int) -> None:
+        self._flush()
         try:
             logits = self.runtime.prefill(
                 group[0].slot, [np.asarray(c, dtype=np.int64) for c in chunks], past=past
@@ -266,6 +269,7 @@ class Scheduler:
         for seq in decoding:
             tokens[seq.slot] = seq.last_token
             lengths[seq.slot] = seq.length
+        self._flush()
         logits = self.runtime.decode(tokens, lengths)
         for seq in decoding:
             seq.length += 1
