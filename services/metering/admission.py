@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -35,7 +35,7 @@ from services.metering.records import (
     new_record,
 )
 from services.metering.refusals import Refusal
-from services.metering.transactions import write_transaction
+from services.metering.transactions import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,13 @@ def _utc(now: float) -> datetime:
     return datetime.fromtimestamp(now, UTC)
 
 
+def _insert_usage(record: UsageRecord) -> Callable[[Connection], None]:
+    def insert_record(conn: Connection) -> None:
+        conn.execute(INSERT_USAGE, insert_values(record))
+
+    return insert_record
+
+
 def rate_limits(
     *, org_id: str, project_id: str, key_id: str, key_quota: Quota, governing: Governing
 ) -> list[Limits]:
@@ -130,12 +137,16 @@ class Admissions:
         reservation_ttl_s: float,
     ) -> None:
         self._engine = engine
+        self._tx = Transactions(engine)
         self._plans = plans
         self._clock = clock
         self._ttl_s = reservation_ttl_s
         self.limiter = RateLimiter()
         # Admitted and not yet settled or expired: what each holds in the windows.
         self._inflight: dict[str, Ticket] = {}
+
+    def close(self) -> None:
+        self._tx.close()
 
     async def admit(
         self,
@@ -185,30 +196,30 @@ class Admissions:
                 await self._record_refusal(refused, now)
                 raise
             self._inflight[reservation_id] = ticket
+        row = {
+            "id": reservation_id,
+            "org_id": org_id,
+            "key_id": key_id,
+            "project_id": project_id,
+            "model": model,
+            "endpoint": endpoint,
+            "request_id": request_id,
+            "client_ip": client_ip,
+            "provider": provider,
+            "upper_bound_tokens": upper_bound_tokens,
+            "reserved_tokens": reserve,
+            "created_at": _utc(now),
+            "expires_at": _utc(now + self._ttl_s),
+            "settled_at": None,
+        }
+
+        def hold_and_record(conn: Connection) -> None:
+            holds = budgets.reserve(conn, holds_wanted, reserve, now)
+            conn.execute(INSERT_RESERVATION, {**row, "holds": budgets.encode_holds(holds)})
+
         try:
             # Its first statement writes (a budget UPDATE or the reservation INSERT).
-            async with write_transaction(self._engine, write_first=True) as conn:
-                holds = await budgets.reserve(conn, holds_wanted, reserve, now)
-                await conn.execute(
-                    INSERT_RESERVATION,
-                    {
-                        "id": reservation_id,
-                        "org_id": org_id,
-                        "key_id": key_id,
-                        "project_id": project_id,
-                        "model": model,
-                        "endpoint": endpoint,
-                        "request_id": request_id,
-                        "client_ip": client_ip,
-                        "provider": provider,
-                        "upper_bound_tokens": upper_bound_tokens,
-                        "reserved_tokens": reserve,
-                        "holds": budgets.encode_holds(holds),
-                        "created_at": _utc(now),
-                        "expires_at": _utc(now + self._ttl_s),
-                        "settled_at": None,
-                    },
-                )
+            await self._tx.run(hold_and_record, write_first=True)
         except BaseException as exc:
             if ticket is not None:
                 self._inflight.pop(reservation_id, None)
@@ -224,8 +235,7 @@ class Admissions:
         so the caller still gets the refusal rather than an internal error."""
         record = new_record(now=now, reservation_id=None, status="rejected", **fields)
         try:
-            async with write_transaction(self._engine, write_first=True) as conn:
-                await conn.execute(INSERT_USAGE, insert_values(record))
+            await self._tx.run(_insert_usage(record), write_first=True)
         except Exception:  # noqa: BLE001 - the refusal matters more than its record
             log.exception("could not record a refused request %s", fields.get("request_id"))
 
@@ -278,42 +288,44 @@ class Admissions:
             "client_ip": client_ip,
             "provider": provider,
         }
+
+        def charge(conn: Connection) -> UsageRecord:
+            if reservation_id:
+                # Conditional, so exactly one of settle and expiry gives the holds back.
+                close = {"rid": reservation_id, "closed_at": _utc(now)}
+                res = conn.execute(CLOSE_AND_READ, close).mappings().one_or_none()
+                release = res is not None
+                if res is None:
+                    # Already closed (expired) or unknown: read what there is.
+                    read = {"rid": reservation_id}
+                    res = conn.execute(READ_RESERVATION, read).mappings().one_or_none()
+                if res is None:
+                    log.warning("settling unknown reservation %s; recording anyway", reservation_id)
+                else:
+                    # The admitted principal is the one billed, whatever the caller says.
+                    for name in ("org_id", "project_id", "key_id"):
+                        fields[name] = res[name]
+                    for name in ("endpoint", "request_id", "client_ip", "provider"):
+                        fields[name] = fields[name] or res[name]
+                    holds = budgets.decode_holds(res["holds"])
+                    budgets.settle(conn, holds, actual, release=release)
+            record = new_record(
+                now=now,
+                reservation_id=reservation_id or None,
+                model=model,
+                model_digest=model_digest,
+                status=status,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                latency_ms=latency_ms,
+                ttft_ms=ttft_ms,
+                **fields,
+            )
+            conn.execute(INSERT_USAGE, insert_values(record))
+            return record
+
         try:
-            async with write_transaction(self._engine, write_first=True) as conn:
-                if reservation_id:
-                    # Conditional, so exactly one of settle and expiry gives the holds back.
-                    close = {"rid": reservation_id, "closed_at": _utc(now)}
-                    res = (await conn.execute(CLOSE_AND_READ, close)).mappings().one_or_none()
-                    release = res is not None
-                    if res is None:
-                        # Already closed (expired) or unknown: read what there is.
-                        read = {"rid": reservation_id}
-                        res = (await conn.execute(READ_RESERVATION, read)).mappings().one_or_none()
-                    if res is None:
-                        log.warning(
-                            "settling unknown reservation %s; recording anyway", reservation_id
-                        )
-                    else:
-                        # The admitted principal is the one billed, whatever the caller says.
-                        for name in ("org_id", "project_id", "key_id"):
-                            fields[name] = res[name]
-                        for name in ("endpoint", "request_id", "client_ip", "provider"):
-                            fields[name] = fields[name] or res[name]
-                        holds = budgets.decode_holds(res["holds"])
-                        await budgets.settle(conn, holds, actual, release=release)
-                record = new_record(
-                    now=now,
-                    reservation_id=reservation_id or None,
-                    model=model,
-                    model_digest=model_digest,
-                    status=status,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    latency_ms=latency_ms,
-                    ttft_ms=ttft_ms,
-                    **fields,
-                )
-                await conn.execute(INSERT_USAGE, insert_values(record))
+            record = await self._tx.run(charge, write_first=True)
         except IntegrityError:
             # This reservation was settled before (or by a concurrent settle): the unique
             # record constraint refused this one, and its transaction, charge included, was
@@ -377,22 +389,27 @@ class Admissions:
 
     async def _expire(self, row: Mapping[Any, Any], now: float) -> int:
         reservation_id = row["id"]
+
         # One transaction per reservation: a batch would hold many counters' locks at once and
         # could deadlock with settles taking them in another order.
-        async with write_transaction(self._engine, write_first=True) as conn:
-            closed = await conn.execute(
+        def release(conn: Connection) -> int:
+            closed = conn.execute(
                 CLOSE_RESERVATION, {"rid": reservation_id, "closed_at": _utc(now)}
             )
             if closed.rowcount == 0:
                 return 0  # settled meanwhile
-            await budgets.release(conn, budgets.decode_holds(row["holds"]))
+            budgets.release(conn, budgets.decode_holds(row["holds"]))
             record = new_record(
                 now=now,
                 reservation_id=None,
                 status="expired",
                 **{name: row[name] for name in EXPIRED_RECORD_FIELDS},
             )
-            await conn.execute(INSERT_USAGE, insert_values(record))
+            conn.execute(INSERT_USAGE, insert_values(record))
+            return 1
+
+        if not await self._tx.run(release, write_first=True):
+            return 0
         if (ticket := self._inflight.pop(reservation_id, None)) is not None:
             self.limiter.release(ticket)
         log.info("reservation %s expired unsettled; its holds were released", reservation_id)

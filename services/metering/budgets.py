@@ -1,6 +1,7 @@
 """Token budgets: one counter row per scope and period, reserved and charged in the database.
 
-Every change is a conditional or relative UPDATE inside the caller's transaction, never a read
+Every change is a conditional or relative UPDATE inside the caller's transaction (a synchronous
+body run by `transactions.Transactions`), never a read
 followed by a write, so concurrent admissions can never push a budget past its limit. Counters
 are always touched in one global order (`SCOPE_ORDER`, then id) so that two transactions cannot
 wait on each other's rows (a deadlock on PostgreSQL).
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, bindparam, or_, select, update
+from sqlalchemy import BigInteger, Connection, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -174,9 +175,7 @@ def _keys(scope: str, scope_id: str, period: str, start_ms: int) -> dict[str, An
     }
 
 
-async def reserve(
-    conn: AsyncConnection, budgets: list[Budget], tokens: int, now: float
-) -> list[Hold]:
+def reserve(conn: Connection, budgets: list[Budget], tokens: int, now: float) -> list[Hold]:
     """Holds `tokens` on every budget, or raises `Refusal` ("insufficient_quota").
 
     On a refusal the caller's transaction must roll back: holds already taken on earlier
@@ -188,7 +187,7 @@ async def reserve(
         keys = _keys(budget.scope, budget.scope_id, budget.period, start_ms)
         take = {**keys, "n": tokens, "lim": budget.limit_tokens}
         # The row exists except on a period's first request: try the UPDATE alone first.
-        if (await conn.execute(TAKE, take)).rowcount == 0:
+        if conn.execute(TAKE, take).rowcount == 0:
             values = {
                 "scope": budget.scope,
                 "scope_id": budget.scope_id,
@@ -198,9 +197,9 @@ async def reserve(
                 "used_tokens": 0,
                 "reserved_tokens": 0,
             }
-            await conn.execute(insert_if_missing(conn, COUNTERS, values, KEYS))
-            if (await conn.execute(TAKE, take)).rowcount == 0:
-                row = (await conn.execute(TAKEN, keys)).one()
+            conn.execute(insert_if_missing(conn, COUNTERS, values, KEYS))
+            if conn.execute(TAKE, take).rowcount == 0:
+                row = conn.execute(TAKEN, keys).one()
                 raise _refusal(budget, row.used_tokens + row.reserved_tokens, tokens, now)
         holds.append(Hold(budget.scope, budget.scope_id, budget.period, start_ms, tokens))
     return holds
@@ -219,9 +218,7 @@ def _refusal(budget: Budget, taken: int, tokens: int, now: float) -> Refusal:
     return Refusal(message, code="insufficient_quota", retry_after=reset)
 
 
-async def settle(
-    conn: AsyncConnection, holds: list[Hold], actual_tokens: int, *, release: bool
-) -> None:
+def settle(conn: Connection, holds: list[Hold], actual_tokens: int, *, release: bool) -> None:
     """Charges `actual_tokens` to every held counter and, when `release`, gives the holds back.
 
     The actual usage is charged even beyond what was reserved (and so beyond the limit): the
@@ -231,12 +228,12 @@ async def settle(
     for hold in holds:
         keys = _keys(hold.scope, hold.scope_id, hold.period, hold.period_start_ms)
         back = hold.tokens if release else 0
-        await conn.execute(CHARGE, {**keys, "used": actual_tokens, "back": back})
+        conn.execute(CHARGE, {**keys, "used": actual_tokens, "back": back})
 
 
-async def release(conn: AsyncConnection, holds: list[Hold]) -> None:
+def release(conn: Connection, holds: list[Hold]) -> None:
     """Gives the holds back without charging anything (an expired reservation)."""
-    await settle(conn, holds, 0, release=True)
+    settle(conn, holds, 0, release=True)
 
 
 async def read(conn: AsyncConnection, budgets: list[Budget], now: float) -> list[BudgetState]:

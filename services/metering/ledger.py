@@ -101,6 +101,10 @@ class Ledger:
         self.set_policy = self.plans.set_policy
         self.get_policy = self.plans.get_policy
 
+    def close(self) -> None:
+        """Ends what the ledger holds besides the engine (SQLite's writer thread)."""
+        self.admissions.close()
+
     async def query_usage(
         self,
         *,

@@ -43,6 +43,7 @@ async def run(settings: Settings) -> None:
             )
         finally:
             await sweeper.stop()
+            ledger.close()
     finally:
         await engine.dispose()
 

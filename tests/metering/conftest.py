@@ -4,7 +4,7 @@ of `db_url`."""
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -49,8 +49,10 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def ledger(engine: AsyncEngine, clock: FakeClock) -> Ledger:
-    return Ledger(engine, clock=clock, reservation_ttl_s=TTL_S)
+def ledger(engine: AsyncEngine, clock: FakeClock) -> Iterator[Ledger]:
+    ledger = Ledger(engine, clock=clock, reservation_ttl_s=TTL_S)
+    yield ledger
+    ledger.close()
 
 
 @pytest.fixture
