@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import uvicorn
 
 from services.common.grpc_server import configure_logging
@@ -23,8 +21,9 @@ def main() -> None:
         timeout_keep_alive=30,
         # The C parser: a measurable share of the gateway's per-request cost on a small CPU.
         http="httptools",
-        # uvloop, a dependency on Linux, like the gRPC services (services.common.grpc_server).
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        # uvloop where it is installed (a dependency on Linux), asyncio otherwise: the same rule
+        # as the gRPC services' run_service (services.common.grpc_server).
+        loop="auto",
         access_log=False,
         # The client address is the TCP peer unless it is a trusted proxy; the edge decides that
         # itself (services.edge.client_ip), so uvicorn must not rewrite it from headers.

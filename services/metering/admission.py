@@ -85,13 +85,6 @@ def _utc(now: float) -> datetime:
     return datetime.fromtimestamp(now, UTC)
 
 
-def _insert_usage(record: UsageRecord) -> Callable[[Connection], None]:
-    def insert_record(conn: Connection) -> None:
-        conn.execute(INSERT_USAGE, insert_values(record))
-
-    return insert_record
-
-
 def rate_limits(
     *, org_id: str, project_id: str, key_id: str, key_quota: Quota, governing: Governing
 ) -> list[Limits]:
@@ -234,8 +227,12 @@ class Admissions:
         """Writes the "rejected" record of a refused admission; a failure is logged, not raised,
         so the caller still gets the refusal rather than an internal error."""
         record = new_record(now=now, reservation_id=None, status="rejected", **fields)
+
+        def insert_record(conn: Connection) -> None:
+            conn.execute(INSERT_USAGE, insert_values(record))
+
         try:
-            await self._tx.run(_insert_usage(record), write_first=True)
+            await self._tx.run(insert_record, write_first=True)
         except Exception:  # noqa: BLE001 - the refusal matters more than its record
             log.exception("could not record a refused request %s", fields.get("request_id"))
 

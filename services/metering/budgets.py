@@ -1,10 +1,10 @@
 """Token budgets: one counter row per scope and period, reserved and charged in the database.
 
 Every change is a conditional or relative UPDATE inside the caller's transaction (a synchronous
-body run by `transactions.Transactions`), never a read
-followed by a write, so concurrent admissions can never push a budget past its limit. Counters
-are always touched in one global order (`SCOPE_ORDER`, then id) so that two transactions cannot
-wait on each other's rows (a deadlock on PostgreSQL).
+body run by `transactions.Transactions`), never a read followed by a write, so concurrent
+admissions can never push a budget past its limit. Counters are always touched in one global
+order (`SCOPE_ORDER`, then id) so that two transactions cannot wait on each other's rows (a
+deadlock on PostgreSQL).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def full_graph_folder(model_folder: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 def _runtime(folder: Path) -> DecoderRuntime:
-    return DecoderRuntime(folder, max_batch=4, max_len=64, threads=1, providers=None)
+    return DecoderRuntime(folder, max_batch=4, max_len=64, threads=1)
 
 
 def test_export_writes_the_last_position_graph(model_folder: Path) -> None:
