@@ -164,8 +164,8 @@ class DecoderRuntime:
         ]
         self._decode_logits = np.zeros((max_batch, 1, self.spec.vocab_size), self.logits_dtype)
         self._decode_index = np.zeros(max_batch, dtype=np.int64)  # a decode step's one position
-        # One binding per batch width with the KV views bound once: a decode step then rebinds
-        # only ids, mask and logits instead of 2 x 2 x num_layers KV tensors.
+        # One binding per batch width with the KV views, the decode position and the logits
+        # buffer bound once: a decode step then rebinds only ids and mask.
         self._decode_bindings: dict[int, ort.IOBinding] = {}
 
     def _bind_kv(self, binding: ort.IOBinding, start: int, rows: int) -> None:
@@ -230,16 +230,18 @@ class DecoderRuntime:
         width = int(lengths.max()) + 1
         ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(rows, 1)
         mask = (np.arange(width)[None, :] <= lengths[:, None]).astype(np.int64)
+        out = self._decode_logits[:rows]
         binding = self._decode_bindings.get(rows)
         if binding is None:
             binding = self.session.io_binding()
             self._bind_kv(binding, 0, rows)
+            if self.last_position:
+                binding.bind_cpu_input(LAST_INDEX, self._decode_index[:rows])
+            binding.bind_output(
+                LOGITS, "cpu", 0, self.logits_dtype, list(out.shape), out.ctypes.data
+            )
             self._decode_bindings[rows] = binding
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
-        if self.last_position:
-            binding.bind_cpu_input(LAST_INDEX, self._decode_index[:rows])
-        out = self._decode_logits[:rows]
-        binding.bind_output(LOGITS, "cpu", 0, self.logits_dtype, list(out.shape), out.ctypes.data)
         self.session.run_with_iobinding(binding)
         return out[:, 0, :]
