@@ -338,3 +338,13 @@ def test_docker_compose_config_validates(files: list[str]) -> None:
     cmd += ["--profile", "tools", "config", "-q"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{shlex.join(cmd)}: {result.stderr}"
+
+
+def test_provider_calls_belong_to_the_edge(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    edge = _environment(services["edge"])
+    assert edge["SLUICE_OPENAI_BASE_URL"] and edge["SLUICE_ANTHROPIC_BASE_URL"]
+    assert edge["SLUICE_AUTH_ADDR"] == "auth:50051"
+    engine = _environment(services["engine"])
+    assert not any(name.startswith(("SLUICE_OPENAI", "SLUICE_ANTHROPIC")) for name in engine)
+    assert "SLUICE_AUTH_ADDR" not in engine  # the engine needs no provider credential

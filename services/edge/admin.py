@@ -19,8 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.edge.backends import Backends, backends_of, unary
+from services.edge.body import read_json_object
 from services.edge.errors import APIError
-from services.edge.generation import read_json_object
 from services.edge.usage import records_response, to_json, totals_response, usage_filter
 from services.pb.auth.v1 import auth_pb2
 from services.pb.metering.v1 import metering_pb2

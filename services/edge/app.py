@@ -13,32 +13,40 @@ from starlette.responses import Response
 
 from services.common.settings import Settings
 from services.edge.backends import Backends
-from services.edge.errors import APIError, error_response
+from services.edge.errors import APIError, error_response, is_anthropic_route
 from services.edge.routes import ROUTES
 
 log = logging.getLogger(__name__)
 
 
+def _render(request: Request, exc: APIError) -> Response:
+    """In the error shape of the route's API (Anthropic's on its Messages routes)."""
+    return error_response(exc, anthropic=is_anthropic_route(request.url.path))
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    return error_response(exc)
+    return _render(request, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         msg = f"Unknown request URL: {request.method} {request.url.path}."
-        return error_response(APIError(404, msg, code="unknown_url"))
+        return _render(request, APIError(404, msg, code="unknown_url"))
     if exc.status_code == 405:
         msg = f"Method {request.method} is not allowed for {request.url.path}."
-        return error_response(APIError(405, msg, code="method_not_allowed"))
-    return error_response(APIError(exc.status_code, str(exc.detail)))
+        return _render(request, APIError(405, msg, code="method_not_allowed"))
+    return _render(request, APIError(exc.status_code, str(exc.detail)))
 
 
 async def _unhandled(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-    return error_response(
-        APIError(500, "The server had an error while processing your request.", type="server_error")
+    return _render(
+        request,
+        APIError(
+            500, "The server had an error while processing your request.", type="server_error"
+        ),
     )
 
 

@@ -1,4 +1,5 @@
-"""The edge's gRPC clients to auth, metering and engine, opened in the app's lifespan."""
+"""What the edge talks to, opened in the app's lifespan: gRPC clients of auth, metering and the
+engine, and the HTTP clients of the organizations' providers (bring-your-own-key models)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+import httpx
 from starlette.requests import Request
 
 from services.common.settings import Settings
 from services.edge.client_ip import IPNetwork, parse_networks
-from services.edge.errors import from_grpc
+from services.edge.errors import APIError, from_grpc
 from services.edge.metrics import EdgeMetrics
+from services.edge.providers import anthropic, openai
+from services.edge.providers.base import ProviderClient
+from services.edge.providers.catalog import Catalog, is_upstream, parse
+from services.edge.providers.credentials import AuthCredentials, NoCredential, ProviderKey
+from services.edge.targets import Target
 from services.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.pb.engine.v1 import engine_pb2, engine_pb2_grpc
 from services.pb.metering.v1 import metering_pb2_grpc
@@ -30,7 +37,7 @@ T = TypeVar("T")
 
 
 def backends_of(request: Request) -> Backends:
-    """The app's gRPC clients, opened in its lifespan."""
+    """The app's clients, opened in its lifespan."""
     backends: Backends = request.app.state.backends
     return backends
 
@@ -41,6 +48,20 @@ async def unary(method: Callable[..., Awaitable[T]], request: Any, service: str)
         return await method(request, timeout=CONTROL_TIMEOUT_S)
     except grpc.aio.AioRpcError as exc:
         raise from_grpc(exc, service) from None
+
+
+def provider_http(base_url: str, settings: Settings) -> httpx.AsyncClient:
+    """The one HTTP client of a provider (connection pool shared by all its requests)."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=httpx.Timeout(
+            settings.upstream_read_timeout_s, connect=settings.upstream_connect_timeout_s
+        ),
+        # A redirect could send the provider key to another host.
+        follow_redirects=False,
+        headers={"user-agent": "sluice-edge"},
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+    )
 
 
 @dataclass
@@ -56,6 +77,7 @@ class Backends:
     metrics: EdgeMetrics = field(default_factory=EdgeMetrics)
     trusted_proxies: tuple[IPNetwork, ...] = ()
     admin_token: bytes = b""
+    providers: dict[str, ProviderClient] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
@@ -66,6 +88,15 @@ class Backends:
         self.auth = auth_pb2_grpc.AuthServiceStub(auth)
         self.metering = metering_pb2_grpc.MeteringServiceStub(metering)
         self.engine = engine_pb2_grpc.EngineServiceStub(engine)
+        self.catalog = Catalog.from_settings(self.settings)
+        # Upstream models use each organization's provider key, decrypted by auth (cached briefly).
+        self.credentials = AuthCredentials(self.auth)
+        if not self.providers:
+            s = self.settings
+            self.providers = {
+                openai.OPENAI: openai.client(s, provider_http(s.openai_base_url, s)),
+                anthropic.ANTHROPIC: anthropic.client(s, provider_http(s.anthropic_base_url, s)),
+            }
 
     def _channel(self, addr: str) -> grpc.aio.Channel:
         channel = grpc.aio.insecure_channel(
@@ -84,23 +115,63 @@ class Backends:
         self.channels.append(channel)
         return channel
 
-    async def resolve_model(self, name: str, org_id: str) -> engine_pb2.ModelInfo:
-        """The model a request names; upstream models resolve per organization (credentials)."""
+    async def resolve(self, name: str, org_id: str) -> Target:
+        """The model a request names: a hosted model (engine) or an upstream one, which an
+        organization reaches only while it holds that provider's credential."""
+        if is_upstream(name):
+            model = parse(name)
+            if model.provider not in await self.credentials.providers(org_id):
+                raise no_credential(model.name, model.provider)
+            return Target(self.catalog.info(model), model)
+        return Target(await self._hosted(name))
+
+    async def _hosted(self, name: str) -> engine_pb2.ModelInfo:
         now = time.monotonic()
-        key = f"{org_id}\0{name}" if "/" in name else name
-        cached = self._models.get(key)
+        cached = self._models.get(name)
         if cached and now - cached[0] < MODEL_CACHE_TTL_S:
             return cached[1]
-        info = await self.engine.ResolveModel(
-            engine_pb2.ResolveModelRequest(model=name, org_id=org_id), timeout=CONTROL_TIMEOUT_S
+        info: engine_pb2.ModelInfo = await self.engine.ResolveModel(
+            engine_pb2.ResolveModelRequest(model=name), timeout=CONTROL_TIMEOUT_S
         )
         if len(self._models) >= MODEL_CACHE_SIZE:
             self._models.clear()
-        self._models[key] = (now, info)
+        self._models[name] = (now, info)
         return info
+
+    async def list_models(self, org_id: str) -> list[engine_pb2.ModelInfo]:
+        """The hosted models, then the listed models of every provider the organization holds
+        a credential for."""
+        try:
+            resp = await self.engine.ListModels(
+                engine_pb2.ListModelsRequest(), timeout=CONTROL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, "engine") from None
+        upstream = self.catalog.listed_models(await self.credentials.providers(org_id))
+        return [*resp.models, *upstream]
+
+    async def provider_key(self, org_id: str, target: Target) -> ProviderKey:
+        assert target.upstream is not None
+        try:
+            return await self.credentials.api_key(org_id, target.upstream.provider)
+        except NoCredential:
+            raise no_credential(target.info.name, target.upstream.provider) from None
 
     async def close(self) -> None:
         if self.pending:
             await asyncio.gather(*list(self.pending), return_exceptions=True)
+        for provider in self.providers.values():
+            await provider.aclose()
+        self.credentials.clear()
         for channel in self.channels:
             await channel.close()
+
+
+def no_credential(name: str, provider: str) -> APIError:
+    return APIError(
+        404,
+        f"The model '{name}' is not available: the organization has no {provider} credential; "
+        "an administrator can add one with `sluice providers add`.",
+        code="model_not_found",
+        param="model",
+    )

@@ -1,7 +1,8 @@
-"""The edge's one error boundary: every failure becomes OpenAI's error JSON with the right status.
+"""The edge's one error boundary: every failure becomes its API's error JSON with the right status.
 
 Internal services report failures as gRPC statuses (plus an OpenAI-style code in trailing
-metadata); `from_grpc` turns them into `APIError`s, and `error_response` renders any `APIError`.
+metadata); `from_grpc` turns them into `APIError`s, and `error_response` renders any `APIError`
+in OpenAI's shape, or in Anthropic's on the Anthropic Messages routes, whose SDK parses that one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from services.common.grpc_server import (
     HTTP_STATUS_KEY,
     RETRY_AFTER_KEY,
 )
-from services.edge.protocol import UnsupportedField
 
 # gRPC status -> (HTTP status, OpenAI error type). The official SDK raises a distinct exception
 # class per HTTP status, so these statuses are part of our API.
@@ -35,6 +35,29 @@ _GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
     grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
 }
+
+
+# HTTP status -> Anthropic error type, as the Messages API names them.
+_ANTHROPIC_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+class UnsupportedField(ValueError):
+    """A known field whose value Sluice cannot honour; reported as a 400 naming the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
 
 
 class APIError(Exception):
@@ -68,9 +91,21 @@ class APIError(Exception):
             }
         }
 
+    def anthropic_body(self) -> dict[str, Any]:
+        """The error in the Anthropic Messages API's shape."""
+        default = "invalid_request_error" if self.status < 500 else "api_error"
+        err_type = _ANTHROPIC_TYPES.get(self.status, default)
+        return {"type": "error", "error": {"type": err_type, "message": self.message}}
 
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+def error_response(exc: APIError, *, anthropic: bool = False) -> JSONResponse:
+    body = exc.anthropic_body() if anthropic else exc.body()
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+def is_anthropic_route(path: str) -> bool:
+    """Whether `path` is one of the Anthropic Messages API's routes (Anthropic's error shape)."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
 def from_validation(exc: ValidationError) -> APIError:

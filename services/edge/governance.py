@@ -1,4 +1,6 @@
-"""Governance around one request: authenticate, admit (reserve), and settle exactly once.
+"""Governance around one request: authenticate, resolve the model, admit (reserve), and settle
+exactly once. Every generating route (chat, completions, embeddings, messages) goes through
+`admit`, whatever serves the model.
 
 The edge holds no business state: every decision is made by auth or metering, and this module
 only sequences the calls and guarantees that an admitted request is always settled, whether it
@@ -12,7 +14,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ from services.common.ratelimits import rate_limit_headers
 from services.edge.backends import CONTROL_TIMEOUT_S, Backends
 from services.edge.client_ip import client_ip
 from services.edge.errors import APIError, from_grpc
+from services.edge.targets import Target
 from services.pb.auth.v1 import auth_pb2
 from services.pb.engine.v1 import engine_pb2
 from services.pb.metering.v1 import metering_pb2
@@ -34,17 +37,31 @@ SETTLE_ATTEMPTS = 5
 PRINCIPAL_CACHE_TTL_S = 1.0
 PRINCIPAL_CACHE_SIZE = 10_000
 
+# Engine answers that refuse a request (recorded as "rejected") rather than fail it ("error").
+REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
-def bearer_key(request: Request) -> str:
+
+def bearer_key(request: Request, *, x_api_key: bool = False) -> str:
+    """The client's Sluice key: `Authorization: Bearer`, or (on the Anthropic routes, where the
+    Anthropic SDK sends it) `x-api-key`."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise APIError(
-            401,
-            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
-            code="invalid_api_key",
-        )
-    return token.strip()
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if x_api_key and (key := request.headers.get("x-api-key", "").strip()):
+        return key
+    how = "'x-api-key: YOUR_KEY' or " if x_api_key else ""
+    raise APIError(
+        401,
+        f"You didn't provide an API key. Send it as {how}'Authorization: Bearer YOUR_KEY'.",
+        code="invalid_api_key",
+    )
 
 
 def request_ip(backends: Backends, request: Request) -> str:
@@ -57,8 +74,10 @@ def request_ip(backends: Backends, request: Request) -> str:
     return cached
 
 
-async def authenticate(backends: Backends, request: Request, model: str) -> auth_pb2.Principal:
-    key = bearer_key(request)
+async def authenticate(
+    backends: Backends, request: Request, model: str, *, x_api_key: bool = False
+) -> auth_pb2.Principal:
+    key = bearer_key(request, x_api_key=x_api_key)
     ip = request_ip(backends, request)
     # Keyed by a digest, so the cache holds no secret; only successes are cached, for at most
     # PRINCIPAL_CACHE_TTL_S, so a revoked key stops working within that time on every edge.
@@ -131,18 +150,61 @@ async def _settle_with_retries(backends: Backends, req: metering_pb2.SettleReque
     log.error("settle %s gave up after %d attempts", req.request_id, SETTLE_ATTEMPTS)
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """Upper bounds on a request's tokens, from which metering sizes its reservation."""
+
+    prompt: int
+    # Every choice's completion tokens together.
+    completion: int
+
+
+async def admit(
+    backends: Backends,
+    request: Request,
+    model_ref: str,
+    bounds: Callable[[Target], Bounds],
+    *,
+    x_api_key: bool = False,
+) -> Admission:
+    """Authenticates the caller, resolves `model_ref` and reserves `bounds(model)` tokens: the
+    sequence every generating route runs before it calls anything that costs money."""
+    principal = await authenticate(backends, request, model_ref, x_api_key=x_api_key)
+    try:
+        target = await backends.resolve(model_ref, principal.org_id)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in REFUSALS:
+            record_refusal(backends, request, model_ref, principal_ids(principal))
+        raise from_grpc(exc, "engine") from None
+    except APIError as exc:
+        if exc.status < 500:
+            record_refusal(backends, request, model_ref, principal_ids(principal))
+        raise
+    wanted = bounds(target)
+    return await Admission.admit(backends, request, principal, target, wanted)
+
+
+def principal_ids(principal: auth_pb2.Principal) -> dict[str, str]:
+    return {
+        "sluice-org-id": principal.org_id,
+        "sluice-project-id": principal.project_id,
+        "sluice-key-id": principal.key_id,
+    }
+
+
 @dataclass
 class Admission:
     """An admitted request: settles its reservation exactly once with what was produced."""
 
     backends: Backends
     principal: auth_pb2.Principal
-    model: engine_pb2.ModelInfo
+    target: Target
     endpoint: str
     request_id: str
     client_ip: str
     reservation_id: str = ""
     max_context: int = 0
+    reserved_tokens: int = 0
     # OpenAI's x-ratelimit-* headers as metering computed them at admission.
     headers: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
@@ -151,30 +213,39 @@ class Admission:
     completion_tokens: int = 0
     _settled: asyncio.Task[None] | None = None
 
+    @property
+    def model(self) -> engine_pb2.ModelInfo:
+        return self.target.info
+
     @classmethod
     async def admit(
         cls,
         backends: Backends,
         request: Request,
         principal: auth_pb2.Principal,
-        model: engine_pb2.ModelInfo,
-        upper_bound_tokens: int,
+        target: Target,
+        bounds: Bounds,
     ) -> Admission:
         ip = request_ip(backends, request)
-        adm = cls(backends, principal, model, request.url.path, f"req-{uuid.uuid4().hex}", ip)
+        adm = cls(backends, principal, target, request.url.path, f"req-{uuid.uuid4().hex}", ip)
+        context = target.info.context_length
+        prompt = min(bounds.prompt, context) if context else bounds.prompt
         try:
             resp = await backends.metering.Admit(
                 metering_pb2.AdmitRequest(
                     org_id=principal.org_id,
                     project_id=principal.project_id,
                     key_id=principal.key_id,
-                    model=model.name,
-                    upper_bound_tokens=upper_bound_tokens,
+                    model=target.info.name,
+                    upper_bound_tokens=prompt + bounds.completion,
                     endpoint=adm.endpoint,
                     request_id=adm.request_id,
                     key_quota=metering_quota(principal.key_quota),
                     client_ip=ip,
-                    provider=model.provider or "sluice",
+                    provider=target.provider,
+                    # An upstream provider counts the prompt itself: the plan's max_context can
+                    # cap only the completion we ask for, so the reservation must hold both.
+                    prompt_bound_tokens=prompt if target.upstream else 0,
                 ),
                 timeout=CONTROL_TIMEOUT_S,
             )
@@ -184,6 +255,7 @@ class Admission:
             raise err from None
         adm.reservation_id = resp.reservation_id
         adm.max_context = resp.max_context
+        adm.reserved_tokens = resp.reserved_tokens
         limits = resp.rate_limits
         adm.headers = rate_limit_headers(
             limits.limit_requests,
@@ -196,13 +268,29 @@ class Admission:
         adm.headers["x-request-id"] = adm.request_id
         return adm
 
-    def observe(self, msg: engine_pb2.GenerateResponse) -> None:
-        if msg.token_count and self.first_token_at is None:
+    def completion_cap(self, wanted: int | None) -> int | None:
+        """What an upstream request may ask for: `wanted`, lowered to the plan's max_context."""
+        if self.max_context <= 0:
+            return wanted
+        return self.max_context if wanted is None else min(wanted, self.max_context)
+
+    def output_started(self) -> None:
+        if self.first_token_at is None:
             self.first_token_at = time.monotonic()
+
+    def observe(self, msg: engine_pb2.GenerateResponse) -> None:
+        if msg.token_count:
+            self.output_started()
         self.completion_tokens += msg.token_count
         if msg.HasField("usage"):
             self.prompt_tokens = msg.usage.prompt_tokens
             self.completion_tokens = msg.usage.completion_tokens
+
+    def error(self, err: APIError) -> APIError:
+        """`err` with this request's headers (its id and rate-limit state) added."""
+        for name, value in self.headers.items():
+            err.headers.setdefault(name, value)
+        return err
 
     def settle(self, status: str) -> asyncio.Task[None]:
         """Starts settlement once; later calls return the same task.
@@ -239,6 +327,6 @@ class Admission:
             ttft_ms=((self.first_token_at - self.started) * 1000.0) if self.first_token_at else 0,
             request_id=self.request_id,
             client_ip=self.client_ip,
-            provider=self.model.provider or "sluice",
+            provider=self.target.provider,
         )
         await _settle_with_retries(self.backends, req)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 
 from services.common.grpc_server import configure_logging
@@ -12,6 +14,9 @@ from services.edge.app import create_app
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
+    # httpcore's DEBUG trace prints provider response headers (which can name the customer's
+    # provider organization); request headers, where the provider key is, are never printed.
+    logging.getLogger("httpcore").setLevel(max(logging.INFO, logging.getLogger().level))
     config = uvicorn.Config(
         create_app(settings),
         host=settings.edge_host,

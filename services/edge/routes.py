@@ -1,4 +1,4 @@
-"""HTTP endpoints: thin handlers that decode, call one function, encode."""
+"""The HTTP surface: one route table; each endpoint family lives in its own module."""
 
 from __future__ import annotations
 
@@ -11,58 +11,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.edge import admin, usage
-from services.edge.backends import CONTROL_TIMEOUT_S, backends_of
-from services.edge.errors import APIError, from_grpc
-from services.edge.generation import ChatShape, CompletionShape, handle, parse_body
-from services.edge.governance import authenticate
+from services.edge.anthropic import messages
+from services.edge.backends import backends_of
 from services.edge.metrics import metrics_endpoint
-from services.edge.protocol import ChatCompletionRequest, CompletionRequest
-from services.pb.engine.v1 import engine_pb2
-
-
-async def chat_completions(request: Request) -> Response:
-    req = await parse_body(request, ChatCompletionRequest)
-    backends = backends_of(request)
-    return await handle(backends, request, ChatShape(req), backends.settings.request_timeout_s)
-
-
-async def completions(request: Request) -> Response:
-    req = await parse_body(request, CompletionRequest)
-    backends = backends_of(request)
-    return await handle(
-        backends, request, CompletionShape(req), backends.settings.request_timeout_s
-    )
-
-
-def _model_json(info: engine_pb2.ModelInfo, model_id: str) -> dict[str, object]:
-    return {"id": model_id, "object": "model", "created": info.created, "owned_by": info.owned_by}
-
-
-async def list_models(request: Request) -> Response:
-    backends = backends_of(request)
-    principal = await authenticate(backends, request, "")
-    try:
-        resp = await backends.engine.ListModels(
-            engine_pb2.ListModelsRequest(org_id=principal.org_id), timeout=CONTROL_TIMEOUT_S
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "engine") from None
-    data = []
-    for info in resp.models:
-        data.append(_model_json(info, info.name))
-        data.extend(_model_json(info, alias) for alias in info.aliases)
-    return JSONResponse({"object": "list", "data": data})
-
-
-async def retrieve_model(request: Request) -> Response:
-    backends = backends_of(request)
-    name = request.path_params["model"]
-    principal = await authenticate(backends, request, name)
-    try:
-        info = await backends.resolve_model(name, principal.org_id)
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "engine") from None
-    return JSONResponse(_model_json(info, name))
+from services.edge.openai import chat, completions, embeddings, models
 
 
 async def healthz(request: Request) -> Response:
@@ -92,17 +44,14 @@ async def readyz(request: Request) -> Response:
     )
 
 
-async def not_found(request: Request) -> Response:
-    raise APIError(
-        404, f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url"
-    )
-
-
 ROUTES = [
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    Route("/v1/completions", completions, methods=["POST"]),
-    Route("/v1/models", list_models, methods=["GET"]),
-    Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+    Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions.completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
+    Route("/v1/messages", messages.messages, methods=["POST"]),
+    Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
+    Route("/v1/models", models.list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", models.retrieve_model, methods=["GET"]),
     Route("/v1/usage", usage.usage_records, methods=["GET"]),
     Route("/v1/usage/totals", usage.usage_totals, methods=["GET"]),
     Route("/v1/usage/budgets", usage.usage_budgets, methods=["GET"]),

@@ -16,9 +16,6 @@ from services.engine.runtime import DecoderRuntime
 from services.engine.scheduler import Scheduler
 from services.engine.servicer import EngineServicer
 from services.engine.text import TextCodec
-from services.engine.upstream.credentials import AuthCredentials
-from services.engine.upstream.router import UpstreamRouter
-from services.pb.auth.v1 import auth_pb2_grpc
 from services.pb.engine.v1 import engine_pb2_grpc
 
 log = logging.getLogger("services.engine")
@@ -66,22 +63,13 @@ async def _serve(settings: Settings) -> None:
     generator = load_models(settings, asyncio.get_running_loop())
     for model in generator.models.values():
         model.scheduler.start()
-    # Upstream models read each organization's provider key from auth (cached briefly).
-    auth_channel = grpc.aio.insecure_channel(settings.auth_addr)
-    credentials = AuthCredentials(auth_pb2_grpc.AuthServiceStub(auth_channel))
-    upstream = UpstreamRouter.from_settings(settings, credentials)
 
     async def on_stop() -> None:
         for model in generator.models.values():
             model.scheduler.stop()
-        await upstream.aclose()
-        credentials.clear()
-        await auth_channel.close()
 
     def register(server: grpc.aio.Server) -> None:
-        engine_pb2_grpc.add_EngineServiceServicer_to_server(
-            EngineServicer(generator, upstream), server
-        )
+        engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(generator), server)
 
     await serve(settings.engine_addr, register, ["sluice.engine.v1.EngineService"], on_stop=on_stop)
 
@@ -89,9 +77,6 @@ async def _serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
-    # httpcore's DEBUG trace prints upstream response headers (which can name the customer's
-    # provider organization); request headers, where the provider key is, are never printed.
-    logging.getLogger("httpcore").setLevel(max(logging.INFO, logging.getLogger().level))
     run_service(_serve(settings))
 
 

@@ -154,18 +154,26 @@ class Admissions:
         key_quota: Quota | None = None,
         client_ip: str = "",
         provider: str = "",
+        prompt_bound_tokens: int = 0,
     ) -> Admitted:
-        """Admits a request or raises `Refusal` (after writing a "rejected" record)."""
+        """Admits a request or raises `Refusal` (after writing a "rejected" record).
+
+        The plan's max_context caps the reservation: the whole request when the engine enforces
+        it, or only the completion part when `prompt_bound_tokens` says the prompt is counted by
+        an upstream provider (which then gets a completion cap, not the plan).
+        """
         _require(org_id, "org_id")
         _require(key_id, "key_id")
         _require(model, "model")
         _non_negative(upper_bound_tokens, "upper_bound_tokens")
+        _non_negative(prompt_bound_tokens, "prompt_bound_tokens")
         quota = (key_quota or Quota()).validated("key_quota")
         governing = await self._plans.governing(org_id, project_id)
         max_context = governing.plan.max_context if governing.plan else 0
         reserve = upper_bound_tokens
         if max_context > 0:
-            reserve = min(reserve, max_context)
+            prompt = min(prompt_bound_tokens, upper_bound_tokens)
+            reserve = prompt + min(upper_bound_tokens - prompt, max_context)
         principal = {"org_id": org_id, "project_id": project_id, "key_id": key_id}
         limits = rate_limits(key_quota=quota, governing=governing, **principal)
         holds_wanted = budgets.applicable(key_quota=quota, governing=governing, **principal)

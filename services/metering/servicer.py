@@ -112,6 +112,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             key_quota=quota_from_proto(request.key_quota),
             client_ip=request.client_ip,
             provider=request.provider,
+            prompt_bound_tokens=request.prompt_bound_tokens,
         )
         return metering_pb2.AdmitResponse(
             reservation_id=admitted.reservation_id,

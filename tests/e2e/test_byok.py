@@ -123,8 +123,13 @@ def test_openai_upstream_passes_through(gov: Services, byok: dict[str, str]) -> 
     assert resp.choices[0].finish_reason == "stop"
     assert resp.usage is not None and resp.usage.total_tokens == 11
     (sent,) = received(gov, "openai")
-    assert sent["body"]["model"] == "gpt-4o-mini" and sent["body"]["max_tokens"] == 5
-    assert sent["body"]["stream_options"] == {"include_usage": True}
+    # Forwarded whole: only the model name is the provider's.
+    assert sent["body"] == {
+        "model": "gpt-4o-mini",
+        "messages": MESSAGES,
+        "max_tokens": 5,
+        "seed": 1,
+    }
 
 
 def test_provider_key_only_reaches_the_provider(gov: Services, byok: dict[str, str]) -> None:

@@ -1,11 +1,8 @@
-"""In-memory stand-ins for the engine's collaborators in upstream tests."""
+"""In-memory stand-ins for the edge's collaborators in provider tests."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-from services.engine.upstream.credentials import NoCredential, ProviderKey
-from services.pb.engine.v1 import engine_pb2
+from services.edge.providers.credentials import NoCredential, ProviderKey
 
 
 class StubCredentials:
@@ -24,17 +21,3 @@ class StubCredentials:
             return ProviderKey(self.keys[(org_id, provider)])
         except KeyError:
             raise NoCredential(provider) from None
-
-
-def chat(model: str, *messages: tuple[str, str], **fields: object) -> engine_pb2.GenerateRequest:
-    """A chat GenerateRequest; `fields` are GenerateRequest fields (sampling as a dict)."""
-    req = engine_pb2.GenerateRequest(model=model, request_id="req-test", **fields)  # type: ignore[arg-type]
-    for role, content in messages:
-        req.messages.messages.add(role=role, content=content)
-    return req
-
-
-async def collect(
-    stream: AsyncIterator[engine_pb2.GenerateResponse],
-) -> list[engine_pb2.GenerateResponse]:
-    return [msg async for msg in stream]

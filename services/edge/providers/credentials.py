@@ -1,8 +1,9 @@
 """An organization's provider credentials, read from the auth service with a short cache.
 
-Provider keys stay in this process's memory for at most `ttl_s` seconds (a timer drops each
-entry), are wrapped so that no repr, str or log line shows them, and leave the process only in
-the upstream request's header.
+Provider keys are decrypted by auth and handed only to the edge, which calls the provider. They
+stay in this process's memory for at most `ttl_s` seconds (a timer drops each entry), are
+wrapped so that no repr, str or log line shows them, and leave the process only in the upstream
+request's header.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Protocol
 
 import grpc
 
-from services.common.errors import Unavailable
+from services.edge.errors import APIError
 from services.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 
 AUTH_TIMEOUT_S = 5.0
@@ -167,9 +168,12 @@ class AuthCredentials:
             del self._cache[cache_key]
 
 
-def _unavailable(exc: grpc.aio.AioRpcError) -> Unavailable:
-    return Unavailable(
+def _unavailable(exc: grpc.aio.AioRpcError) -> APIError:
+    return APIError(
+        503,
         f"The organization's provider credential could not be read from the auth service "
-        f"({exc.code().name}).",
+        f"({exc.code().name}); try again shortly.",
+        type="service_unavailable",
         code="auth_unavailable",
+        headers={"retry-after": "1"},
     )

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from services.common.errors import NotFound, Unavailable
+from services.common.errors import NotFound
 from services.common.grpc_server import RunningServer, start_server, stop_server
-from services.engine.upstream.credentials import AuthCredentials, NoCredential, ProviderKey
+from services.edge.errors import APIError
+from services.edge.providers.credentials import AuthCredentials, NoCredential, ProviderKey
 from services.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 
 
@@ -125,8 +126,9 @@ async def test_auth_down_is_unavailable() -> None:
     channel = grpc.aio.insecure_channel("127.0.0.1:1")
     try:
         creds = AuthCredentials(auth_pb2_grpc.AuthServiceStub(channel))
-        with pytest.raises(Unavailable):
+        with pytest.raises(APIError) as err:
             await creds.api_key("org-a", "openai")
+        assert (err.value.status, err.value.code) == (503, "auth_unavailable")
     finally:
         await channel.close()
 

@@ -1,4 +1,4 @@
-"""Chat and text completions: one request through auth, metering and the engine's stream.
+"""Hosted models through the engine's `Generate` stream: chat and text completions.
 
 Both endpoints share this flow; they differ only in how the request becomes a `GenerateRequest`
 and how text is wrapped (`ChatShape` / `CompletionShape`).
@@ -11,84 +11,24 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from services.edge.backends import Backends
-from services.edge.errors import APIError, from_grpc, from_validation
-from services.edge.governance import Admission, authenticate, record_refusal
-from services.edge.protocol import ChatCompletionRequest, CompletionRequest
-from services.pb.auth.v1 import auth_pb2
+from services.edge.errors import APIError, from_grpc
+from services.edge.governance import REFUSALS, Admission, Bounds, admit
+from services.edge.openai.protocol import ChatCompletionRequest, CompletionRequest
+from services.edge.targets import Target
 from services.pb.engine.v1 import engine_pb2
-
-_M = TypeVar("_M", bound=BaseModel)
-
-# Engine answers that refuse a request (recorded as "rejected") rather than fail it ("error").
-REFUSALS = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
-
-# Far above any prompt that fits the hosted models' context, far below what could hurt the edge.
-MAX_BODY_BYTES = 8 * 1024 * 1024
 
 # A chat template's overhead in tokens, used only to bound the reservation from above (a token is
 # at least one byte of text, so bytes bound the rest): per message (role markers, separators),
 # and once per request (a default system prompt the template adds, the assistant header).
 TEMPLATE_OVERHEAD_TOKENS = 16
 TEMPLATE_FIXED_TOKENS = 96
-
-
-async def read_json_object(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object; 413 past MAX_BODY_BYTES, 400 when not an object."""
-    size = 0
-    chunks = []
-    # Read incrementally so an oversized body is refused without being held in memory whole.
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise APIError(
-                413,
-                f"The request body is larger than {MAX_BODY_BYTES} bytes.",
-                code="request_too_large",
-            )
-        chunks.append(chunk)
-    try:
-        body = json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
-    return body
-
-
-async def parse_body(request: Request, schema: type[_M]) -> _M:
-    body = await read_json_object(request)
-    try:
-        return schema.model_validate(body)
-    except ValidationError as exc:
-        raise from_validation(exc) from None
-
-
-def public_model_name(info: engine_pb2.ModelInfo) -> str:
-    """The resolved, pinned name: reusable as a `model` value that pins this exact export.
-
-    Upstream models have no digest we could pin; they keep their plain name.
-    """
-    return f"{info.name}@{info.digest}" if info.digest else info.name
-
-
-def system_fingerprint(info: engine_pb2.ModelInfo) -> str | None:
-    if not info.digest:
-        return None
-    return "fp_" + info.digest.removeprefix("sha256:")[:12]
 
 
 def sampling(req: ChatCompletionRequest | CompletionRequest) -> engine_pb2.SamplingParams:
@@ -102,6 +42,12 @@ def sampling(req: ChatCompletionRequest | CompletionRequest) -> engine_pb2.Sampl
     if req.seed is not None:
         params.seed = req.seed
     return params
+
+
+def completion_bound(limit: int | None, model: engine_pb2.ModelInfo) -> int:
+    """The most completion tokens a request can produce: its own cap, else the model's."""
+    bound = limit or model.default_max_tokens or model.context_length
+    return min(bound, model.context_length) if model.context_length else bound
 
 
 @dataclass
@@ -123,9 +69,11 @@ class ChatShape:
             out.max_tokens = limit
         return out
 
-    def prompt_bound(self) -> int:
+    def bounds(self, target: Target) -> Bounds:
         size = sum(len(m.text().encode()) + TEMPLATE_OVERHEAD_TOKENS for m in self.req.messages)
-        return size + TEMPLATE_FIXED_TOKENS
+        return Bounds(
+            size + TEMPLATE_FIXED_TOKENS, completion_bound(self.req.token_limit(), target.info)
+        )
 
     def full(self, text: str, finish: str) -> dict[str, Any]:
         return {
@@ -169,8 +117,11 @@ class CompletionShape:
             out.max_tokens = limit
         return out
 
-    def prompt_bound(self) -> int:
-        return len(self.req.prompt_text().encode()) + 1
+    def bounds(self, target: Target) -> Bounds:
+        return Bounds(
+            len(self.req.prompt_text().encode()) + 1,
+            completion_bound(self.req.token_limit(), target.info),
+        )
 
     def full(self, text: str, finish: str) -> dict[str, Any]:
         return {
@@ -198,27 +149,32 @@ def usage_json(prompt: int, completion: int) -> dict[str, int]:
     }
 
 
-async def handle(backends: Backends, request: Request, shape: Shape, timeout_s: float) -> Response:
-    """Runs one completion request end to end and returns its HTTP response."""
+async def handle(backends: Backends, request: Request, shape: Shape) -> Response:
+    """Runs one completion request for a hosted model end to end."""
     req = shape.req
-    principal = await authenticate(backends, request, req.model)
-    try:
-        model = await backends.resolve_model(req.model, principal.org_id)
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() in REFUSALS:
-            record_refusal(backends, request, req.model, _principal_ids(principal))
-        raise from_grpc(exc, "engine") from None
+    admission = await admit(backends, request, req.model, shape.bounds)
+    if admission.target.upstream is not None:
+        # Only the chat route sends upstream models elsewhere; the legacy endpoint has none.
+        await admission.settle("rejected")
+        raise admission.error(
+            APIError(
+                400,
+                f"The model '{req.model}' is served through /v1/chat/completions only.",
+                code="unsupported_model",
+                param="model",
+            )
+        )
+    return await generate(backends, shape, admission)
 
-    limit = req.token_limit() or model.default_max_tokens or model.context_length
-    completion_bound = min(limit, model.context_length)
-    upper = min(shape.prompt_bound(), model.context_length) + completion_bound
-    admission = await Admission.admit(backends, request, principal, model, upper)
 
-    gen = shape.generate_request(public_model_name(model))
+async def generate(backends: Backends, shape: Shape, admission: Admission) -> Response:
+    """The engine's answer to an admitted hosted-model request, streamed or whole."""
+    req = shape.req
+    target = admission.target
+    gen = shape.generate_request(target.public_name)
     gen.request_id = admission.request_id
-    gen.org_id = principal.org_id
     gen.max_context = admission.max_context
-    call = backends.engine.Generate(gen, timeout=timeout_s)
+    call = backends.engine.Generate(gen, timeout=backends.settings.request_timeout_s)
     stream = aiter(call)
     try:
         # The first message is awaited before answering, so that a request the engine refuses
@@ -227,29 +183,23 @@ async def handle(backends: Backends, request: Request, shape: Shape, timeout_s: 
     except grpc.aio.AioRpcError as exc:
         refused = exc.code() in REFUSALS
         await admission.settle("rejected" if refused else "error")
-        raise _engine_error(exc, admission) from None
+        raise admission.error(from_grpc(exc, "engine")) from None
     except StopAsyncIteration:
         await admission.settle("error")
-        raise APIError(
-            500,
-            "The engine ended the stream early.",
-            type="server_error",
-            headers=admission.headers,
+        raise admission.error(
+            APIError(500, "The engine ended the stream early.", type="server_error")
         ) from None
     except BaseException:
         call.cancel()
         admission.settle("cancelled")
         raise
     admission.observe(first)
-    if first.HasField("error"):
-        await admission.settle("error")
-        raise _stream_error(first.error, admission)
 
     meta = {
         "id": ("chatcmpl-" if isinstance(shape, ChatShape) else "cmpl-") + uuid.uuid4().hex,
         "created": int(time.time()),
-        "model": public_model_name(model),
-        "system_fingerprint": system_fingerprint(model),
+        "model": target.public_name,
+        "system_fingerprint": target.system_fingerprint,
     }
     if req.stream:
         return StreamingResponse(
@@ -258,32 +208,6 @@ async def handle(backends: Backends, request: Request, shape: Shape, timeout_s: 
             headers={"cache-control": "no-cache", **admission.headers},
         )
     return await _collect(shape, call, stream, first, admission, meta)
-
-
-def _principal_ids(principal: auth_pb2.Principal) -> dict[str, str]:
-    return {
-        "sluice-org-id": principal.org_id,
-        "sluice-project-id": principal.project_id,
-        "sluice-key-id": principal.key_id,
-    }
-
-
-def _engine_error(exc: grpc.aio.AioRpcError, admission: Admission) -> APIError:
-    """The engine's failure as the client sees it, naming the request the ledger knows."""
-    err = from_grpc(exc, "engine")
-    err.headers.update(admission.headers)
-    return err
-
-
-def _stream_error(error: engine_pb2.StreamError, admission: Admission) -> APIError:
-    """A failure the engine reported after output began (e.g. an upstream stream dropped)."""
-    return APIError(
-        error.http_status or 502,
-        error.message or "The model's stream failed.",
-        type=error.type or "server_error",
-        code=error.code or None,
-        headers=dict(admission.headers),
-    )
 
 
 def envelope(meta: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -311,16 +235,11 @@ async def _collect(
     try:
         async for msg in stream:
             admission.observe(msg)
-            if msg.HasField("error"):
-                await admission.settle("error")
-                raise _stream_error(msg.error, admission)
             parts.append(msg.text)
             last = msg
     except grpc.aio.AioRpcError as exc:
         await admission.settle("error")
-        raise _engine_error(exc, admission) from None
-    except APIError:
-        raise
+        raise admission.error(from_grpc(exc, "engine")) from None
     except BaseException:
         call.cancel()
         admission.settle("cancelled")
@@ -358,13 +277,6 @@ async def _sse(
         msg: engine_pb2.GenerateResponse | None = first
         sent_first = False
         while msg is not None:
-            if msg.HasField("error"):
-                # Output already went out: end the stream with the error; what was delivered
-                # is billed.
-                status = "error"
-                await admission.settle(status)
-                yield _event(_stream_error(msg.error, admission).body())
-                return
             if msg.text or not sent_first:
                 yield frame(msg.text, None, not sent_first)
                 sent_first = True

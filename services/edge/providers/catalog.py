@@ -1,16 +1,23 @@
 """Naming and listing of upstream provider models: "openai/<model>" and "anthropic/<model>".
 
 Upstream models are not pinned by digest: the provider decides what a name means. The table of
-known models only supplies context lengths and output caps for `ModelInfo` and reservations; any
-other model name is forwarded to the provider as-is.
+known models only supplies context lengths, output caps and per-image token costs for
+`ModelInfo` and reservations; any other model name is forwarded to the provider as-is, with the
+provider's most expensive known image cost as its bound.
+
+Image bounds are the providers' documented maxima for one image at any size and detail:
+OpenAI's tile models cost a base plus a price per 512 px tile, at most 8 tiles after scaling
+(gpt-4o: 85 + 8 x 170; gpt-4o-mini: 2,833 + 8 x 5,667), its patch models at most 1,536
+patches times the model's multiplier; Anthropic resizes any image to about 1.15 megapixels,
+about 1,600 tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.errors import NotFound
 from services.common.settings import Settings
+from services.edge.errors import APIError
 from services.pb.engine.v1 import engine_pb2
 
 OPENAI = "openai"
@@ -23,28 +30,32 @@ class Limits:
     context_length: int
     # The most tokens one response may have; None where the model has no separate output cap.
     max_output_tokens: int | None = None
+    # The most prompt tokens one image can cost (see the module doc); 0 = the provider's largest.
+    image_tokens: int = 0
 
 
 # Keyed by name prefix, so dated snapshots ("gpt-4o-2024-08-06", "claude-sonnet-4-20250514")
 # match their family; the longest matching prefix wins ("gpt-4o-mini" before "gpt-4o").
 KNOWN_MODELS: dict[str, dict[str, Limits]] = {
     OPENAI: {
-        "gpt-4o-mini": Limits(128_000, 16_384),
-        "gpt-4o": Limits(128_000, 16_384),
-        "gpt-4.1": Limits(1_047_576, 32_768),
-        "gpt-4-turbo": Limits(128_000, 4_096),
+        "gpt-4o-mini": Limits(128_000, 16_384, 48_169),
+        "gpt-4o": Limits(128_000, 16_384, 1_445),
+        "gpt-4.1-mini": Limits(1_047_576, 32_768, 2_489),
+        "gpt-4.1-nano": Limits(1_047_576, 32_768, 3_779),
+        "gpt-4.1": Limits(1_047_576, 32_768, 1_445),
+        "gpt-4-turbo": Limits(128_000, 4_096, 1_445),
         "gpt-3.5-turbo": Limits(16_385, 4_096),
-        "o1": Limits(200_000, 100_000),
-        "o3": Limits(200_000, 100_000),
-        "o4-mini": Limits(200_000, 100_000),
+        "o1": Limits(200_000, 100_000, 1_275),
+        "o3": Limits(200_000, 100_000, 1_275),
+        "o4-mini": Limits(200_000, 100_000, 2_642),
     },
     ANTHROPIC: {
-        "claude-3-haiku": Limits(200_000, 4_096),
-        "claude-3-5-haiku": Limits(200_000, 8_192),
-        "claude-3-5-sonnet": Limits(200_000, 8_192),
-        "claude-3-7-sonnet": Limits(200_000, 64_000),
-        "claude-sonnet-4": Limits(200_000, 64_000),
-        "claude-opus-4": Limits(200_000, 32_000),
+        "claude-3-haiku": Limits(200_000, 4_096, 1_600),
+        "claude-3-5-haiku": Limits(200_000, 8_192, 1_600),
+        "claude-3-5-sonnet": Limits(200_000, 8_192, 1_600),
+        "claude-3-7-sonnet": Limits(200_000, 64_000, 1_600),
+        "claude-sonnet-4": Limits(200_000, 64_000, 1_600),
+        "claude-opus-4": Limits(200_000, 32_000, 1_600),
     },
 }
 
@@ -71,7 +82,8 @@ def parse(ref: str) -> UpstreamModel:
     """Splits "openai/<model>"; an empty model or a digest pin is not a model we can serve."""
     provider, _, model = ref.partition("/")
     if provider not in PROVIDERS or not model or "@" in model or model != model.strip():
-        raise NotFound(
+        raise APIError(
+            404,
             f"The model '{ref}' does not exist or you do not have access to it."
             + (" Upstream models cannot be pinned to a digest." if "@" in model else ""),
             code="model_not_found",
@@ -128,6 +140,16 @@ class Catalog:
         if best:
             return table[best]
         return Limits(self.default_context.get(model.provider, 128_000))
+
+    def image_tokens(self, model: UpstreamModel) -> int:
+        """The most prompt tokens one image can cost this model (see the module doc)."""
+        own = self.limits(model).image_tokens
+        if own:
+            return own
+        known = [limits.image_tokens for limits in self.known.get(model.provider, {}).values()]
+        return max(known, default=0) or max(
+            lim.image_tokens for table in KNOWN_MODELS.values() for lim in table.values()
+        )
 
     def info(self, model: UpstreamModel) -> engine_pb2.ModelInfo:
         limits = self.limits(model)

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.edge.errors import UnsupportedField
+
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -101,15 +103,6 @@ class _SamplingFields(_Lenient):
 
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
-
-
-class UnsupportedField(ValueError):
-    """A known field whose value Sluice cannot honour; reported as a 400 naming the field."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-        self.message = message
 
 
 class ChatCompletionRequest(_SamplingFields):

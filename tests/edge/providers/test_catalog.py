@@ -1,13 +1,12 @@
-"""Upstream model names, limits and listings, and the router that resolves them per organization."""
+"""Upstream model names, limits, image bounds and listings."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.common.errors import InvalidArgument, NotFound
 from services.common.settings import Settings
-from services.engine.upstream.base import UpstreamBackend
-from services.engine.upstream.catalog import (
+from services.edge.errors import APIError
+from services.edge.providers.catalog import (
     Catalog,
     Limits,
     UpstreamModel,
@@ -15,8 +14,6 @@ from services.engine.upstream.catalog import (
     parse,
     split_names,
 )
-from services.engine.upstream.router import UpstreamRouter
-from tests.fakes.stubs import StubCredentials, chat, collect
 
 
 @pytest.mark.parametrize(
@@ -40,9 +37,9 @@ def test_parse() -> None:
     assert model == UpstreamModel("openai", "ft:gpt-4o-mini:acme::abc123")
     assert model.name == "openai/ft:gpt-4o-mini:acme::abc123"
     for bad in ("openai/", "anthropic/claude@sha256:00", "openai/ gpt-4o"):
-        with pytest.raises(NotFound) as info:
+        with pytest.raises(APIError) as info:
             parse(bad)
-        assert info.value.code == "model_not_found"
+        assert (info.value.status, info.value.code) == (404, "model_not_found")
 
 
 def test_limits_match_the_longest_known_prefix_else_the_default() -> None:
@@ -53,7 +50,7 @@ def test_limits_match_the_longest_known_prefix_else_the_default() -> None:
     assert catalog.limits(UpstreamModel("openai", "gpt-4.1-mini")).context_length == 1_047_576
     assert catalog.limits(UpstreamModel("openai", "my-finetune")) == Limits(64_000)
     assert catalog.limits(UpstreamModel("anthropic", "claude-sonnet-4-20250514")) == Limits(
-        200_000, 64_000
+        200_000, 64_000, 1_600
     )
     assert catalog.limits(UpstreamModel("anthropic", "claude-next")) == Limits(100_000)
 
@@ -78,45 +75,12 @@ def test_settings_choose_the_listed_models_and_defaults() -> None:
     assert catalog.limits(UpstreamModel("openai", "unknown")).context_length == 32_000
 
 
-def router(keys: dict[tuple[str, str], str]) -> UpstreamRouter:
-    catalog = Catalog(
-        {"openai": ["gpt-4o-mini", "gpt-4o"], "anthropic": ["claude-sonnet-4-0"]},
-        {"openai": 128_000, "anthropic": 200_000},
-    )
-    backends: dict[str, UpstreamBackend] = {}
-    return UpstreamRouter(catalog, StubCredentials(keys), backends)
-
-
-async def test_upstream_models_resolve_only_with_a_credential() -> None:
-    r = router({("org-a", "openai"): "sk-a"})
-    info = await r.resolve("openai/gpt-4.1-nano", "org-a")
-    assert (info.name, info.provider) == ("openai/gpt-4.1-nano", "openai")
-    for ref, org in (("anthropic/claude-sonnet-4-0", "org-a"), ("openai/gpt-4o", "org-b")):
-        with pytest.raises(NotFound) as exc:
-            await r.resolve(ref, org)
-        assert exc.value.code == "model_not_found"
-        assert f"no {ref.split('/')[0]} credential" in exc.value.message
-    with pytest.raises(NotFound):
-        await r.resolve("openai/gpt-4o", "")
-
-
-async def test_listing_follows_the_organizations_credentials() -> None:
-    r = router({("org-a", "openai"): "sk-a", ("org-b", "anthropic"): "sk-b"})
-    assert [m.name for m in await r.list_models("org-a")] == [
-        "openai/gpt-4o-mini",
-        "openai/gpt-4o",
-    ]
-    assert [m.name for m in await r.list_models("org-b")] == ["anthropic/claude-sonnet-4-0"]
-    assert await r.list_models("org-c") == []
-
-
-async def test_generate_without_a_credential_is_not_found() -> None:
-    r = router({})
-    with pytest.raises(NotFound) as exc:
-        await collect(r.generate(chat("openai/gpt-4o", ("user", "hi"), org_id="org-a")))
-    assert "no openai credential" in exc.value.message
-
-
-def test_token_counting_is_refused_for_upstream_models() -> None:
-    with pytest.raises(InvalidArgument):
-        router({}).count_tokens("openai/gpt-4o")
+def test_image_bounds_are_the_documented_maxima() -> None:
+    catalog = Catalog({}, {})
+    # gpt-4o-mini's tiles cost 2,833 + 5,667 each, at most 8 tiles.
+    assert catalog.image_tokens(UpstreamModel("openai", "gpt-4o-mini-2024-07-18")) == 48_169
+    assert catalog.image_tokens(UpstreamModel("openai", "gpt-4o")) == 85 + 8 * 170
+    assert catalog.image_tokens(UpstreamModel("anthropic", "claude-3-5-haiku-latest")) == 1_600
+    # An unknown model is bounded by the most expensive known one of its provider.
+    assert catalog.image_tokens(UpstreamModel("openai", "my-vision-finetune")) == 48_169
+    assert catalog.image_tokens(UpstreamModel("anthropic", "claude-next")) == 1_600

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.edge.errors import from_validation
-from services.edge.protocol import ChatCompletionRequest, CompletionRequest
+from services.edge.openai.protocol import ChatCompletionRequest, CompletionRequest
 
 BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

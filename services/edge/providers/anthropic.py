@@ -1,0 +1,82 @@
+"""The Anthropic provider: the Messages API (`POST /v1/messages`, version 2023-06-01).
+
+Two kinds of caller use it: OpenAI chat requests for `anthropic/<model>`, translated both ways by
+`services.edge.providers.anthropic_chat`, and Anthropic SDK requests to `/v1/messages`, whose
+body goes upstream as sent (model name mapped, `max_tokens` lowered where the organization's plan
+caps the context) and whose answer comes back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from services.common.settings import Settings
+from services.edge.providers.base import ProviderClient, SSEEvent, UpstreamFailure, as_dict
+from services.edge.providers.catalog import ANTHROPIC
+from services.edge.providers.credentials import ProviderKey
+
+API_VERSION = "2023-06-01"
+# The HTTP status each error type of the Messages API has outside a stream, so that an error
+# event inside the stream is treated like the same error before it.
+ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def auth_headers(key: ProviderKey) -> dict[str, str]:
+    return {"x-api-key": key.reveal()}
+
+
+def event_error(event: SSEEvent) -> UpstreamFailure | None:
+    """An `error` event (e.g. overloaded_error) in a Messages stream, as a failure."""
+    if event.event != "error" and '"error"' not in event.data[:40]:
+        return None
+    try:
+        obj = json.loads(event.data)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or obj.get("type") != "error":
+        return None
+    err = as_dict(obj.get("error"))
+    err_type = str(err.get("type") or "api_error")
+    return UpstreamFailure(
+        "http", str(err.get("message") or err_type), status=ERROR_STATUS.get(err_type, 500)
+    )
+
+
+def client(settings: Settings, http: httpx.AsyncClient) -> ProviderClient:
+    return ProviderClient(
+        ANTHROPIC, http, auth_headers, event_error, max_retries=settings.upstream_max_retries
+    )
+
+
+def version_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
+    """`anthropic-version` (the client's, else the one this module speaks) and any
+    `anthropic-beta` the client sent, to pass on."""
+    out = {"anthropic-version": API_VERSION}
+    for name, value in (headers or {}).items():
+        if name.lower() in ("anthropic-version", "anthropic-beta"):
+            out[name.lower()] = value
+    return out
+
+
+def forward_messages_body(
+    body: dict[str, Any], model: str, completion_cap: int | None
+) -> dict[str, Any]:
+    """A `/v1/messages` body as sent upstream: the provider's model name, `max_tokens` capped."""
+    out = dict(body)
+    out["model"] = model
+    if completion_cap is not None and out.get("max_tokens", 0) > completion_cap:
+        out["max_tokens"] = completion_cap
+    return out

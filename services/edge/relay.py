@@ -1,0 +1,87 @@
+"""Relaying a provider's event stream to the client, event by event as it arrives, with the
+request settled exactly once before the client sees the stream's end.
+
+A route supplies a `StreamCodec`: how each provider event becomes the frames its client
+receives (unchanged, edited or translated), what usage the events reported, and how the stream
+ends. `relay` drives it: a provider failure after output began ends the client's stream with an
+error event (billing what was delivered; no retry), and a client that goes away closes the
+provider's stream and is billed what was produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from services.edge.errors import APIError
+from services.edge.governance import Admission
+from services.edge.providers.base import (
+    SSEEvent,
+    UpstreamFailure,
+    UpstreamStream,
+    stream_failure_error,
+)
+
+
+class StreamCodec(Protocol):
+    """One route's view of a provider stream."""
+
+    # Set once the provider's last event was seen; the end goes out only after settlement.
+    finished: bool
+
+    def frames(self, event: SSEEvent) -> list[bytes]:
+        """What to send the client for one provider event, now."""
+        ...
+
+    def closing(self) -> list[bytes]:
+        """The frames that end the client's stream, sent after settlement."""
+        ...
+
+    def usage(self) -> tuple[int, int]:
+        """(prompt, completion) tokens as far as the events told (the provider's numbers, or
+        the pieces delivered where a broken stream never reported them)."""
+        ...
+
+    def error_frame(self, error: APIError) -> bytes:
+        """The event that ends a stream that failed after output began."""
+        ...
+
+
+async def relay(
+    admission: Admission, stream: UpstreamStream, codec: StreamCodec, provider: str
+) -> AsyncIterator[bytes]:
+    status = "cancelled"
+
+    def account() -> None:
+        admission.prompt_tokens, admission.completion_tokens = codec.usage()
+
+    try:
+        try:
+            async for event in stream:
+                out = codec.frames(event)
+                if out:
+                    admission.output_started()
+                    for frame in out:
+                        yield frame
+                if codec.finished:
+                    break
+            if not codec.finished:
+                raise UpstreamFailure("stream", "the stream ended before it finished")
+        except UpstreamFailure as failure:
+            status = "error"
+            account()
+            await admission.settle(status)
+            yield codec.error_frame(stream_failure_error(provider, failure))
+            return
+        status = "ok"
+        account()
+        # Settled before the client sees the end, so the ledger already holds the record.
+        await admission.settle(status)
+        for frame in codec.closing():
+            yield frame
+    finally:
+        if status == "cancelled":
+            # Started before anything below can be interrupted: a gone client is still billed.
+            account()
+            admission.settle(status)
+        await stream.aclose()

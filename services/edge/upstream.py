@@ -1,0 +1,50 @@
+"""An admitted request's call to an upstream provider: its key, a call whose failure settles
+the request, and the provider's usage on the request's account."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from services.edge.backends import Backends
+from services.edge.errors import APIError
+from services.edge.governance import Admission
+from services.edge.providers.base import dump
+from services.edge.providers.credentials import ProviderKey
+
+T = TypeVar("T")
+
+SSE_HEADERS = {"cache-control": "no-cache"}
+
+
+def data_frame(obj: dict[str, Any]) -> bytes:
+    """One server-sent event carrying `obj` as its data."""
+    return b"data: " + dump(obj) + b"\n\n"
+
+
+async def provider_key(backends: Backends, admission: Admission) -> ProviderKey:
+    """The organization's key for the admitted model's provider (settles when there is none)."""
+    return await guarded(
+        admission, backends.provider_key(admission.principal.org_id, admission.target)
+    )
+
+
+async def guarded(admission: Admission, call: Awaitable[T]) -> T:
+    """`call`'s result; its failure settles the request (refused below 500, else failed) and is
+    raised with the request's headers. A client gone meanwhile is settled as cancelled."""
+    try:
+        return await call
+    except APIError as exc:
+        await admission.settle("rejected" if exc.status < 500 else "error")
+        raise admission.error(exc) from None
+    except BaseException:
+        admission.settle("cancelled")
+        raise
+
+
+def account(admission: Admission, prompt: Any, completion: Any) -> None:
+    """Puts the provider's own token counts on the request."""
+    admission.prompt_tokens = int(prompt or 0)
+    admission.completion_tokens = int(completion or 0)
+    if admission.completion_tokens:
+        admission.output_started()
