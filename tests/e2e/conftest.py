@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from bench import stack as launcher
 from tests.conftest import DEFAULT_PG_DSN
 from tests.e2e.processes import Services, create_key, run_cli
+from tests.e2e.providers import control, provider_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,3 +159,15 @@ def services_on_postgres(
 def org(request: pytest.FixtureRequest) -> str:
     """A fresh organization name per test, so tests never share limits or budgets."""
     return f"org-{request.node.name[:40]}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def byok(gov: Services, org: str) -> Iterator[dict[str, str]]:
+    """An organization with both providers' credentials and a key; yields names and secrets."""
+    secrets = {p: provider_secret(p) for p in ("openai", "anthropic")}
+    gov.cli("orgs", "create", org)
+    for provider, secret in secrets.items():
+        gov.cli("providers", "add", "--org", org, "--provider", provider, "--api-key", secret)
+    yield {"org": org, "key": gov.new_key(org, "byok"), **secrets}
+    for provider in ("openai", "anthropic"):
+        control(gov, provider, "POST", "/_control/reset")

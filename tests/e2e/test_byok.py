@@ -1,67 +1,20 @@
 """Bring-your-own-key models through the running stack: the organization's OpenAI and Anthropic
-credentials, used by the engine's upstream backends against loopback servers that speak the
+credentials, used by the edge's provider backends against loopback servers that speak the
 providers' documented wire formats, under the same governance as hosted models."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import asyncpg
 import httpx
 import openai
 import pytest
-from openai import OpenAI
 
 from tests.conftest import DEFAULT_PG_DSN
 from tests.e2e.processes import ADMIN_TOKEN, Services
-
-CLAUDE = "anthropic/claude-3-5-haiku-latest"
-GPT = "openai/gpt-4o-mini"
-MESSAGES = [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "Say hello."},
-]
-
-
-def control(gov: Services, provider: str, method: str, path: str, **body: Any) -> Any:
-    resp = httpx.request(method, gov.fakes[provider] + path, json=body or None, timeout=10)
-    resp.raise_for_status()
-    return resp.json()
-
-
-def script(gov: Services, provider: str, **fields: Any) -> None:
-    control(gov, provider, "POST", "/_control/reset")
-    control(gov, provider, "POST", "/_control/script", **fields)
-
-
-def received(gov: Services, provider: str) -> list[dict[str, Any]]:
-    requests: list[dict[str, Any]] = control(gov, provider, "GET", "/_control/requests")["requests"]
-    return requests
-
-
-def provider_secret(provider: str) -> str:
-    prefix = "sk-ant-api03-" if provider == "anthropic" else "sk-proj-"
-    return prefix + uuid.uuid4().hex + uuid.uuid4().hex
-
-
-@pytest.fixture
-def byok(gov: Services, org: str) -> Iterator[dict[str, str]]:
-    """An organization with both providers' credentials and a key; yields names and secrets."""
-    secrets = {p: provider_secret(p) for p in ("openai", "anthropic")}
-    gov.cli("orgs", "create", org)
-    for provider, secret in secrets.items():
-        gov.cli("providers", "add", "--org", org, "--provider", provider, "--api-key", secret)
-    yield {"org": org, "key": gov.new_key(org, "byok"), **secrets}
-    for provider in ("openai", "anthropic"):
-        control(gov, provider, "POST", "/_control/reset")
-
-
-def client(gov: Services, key: str, edge: str = "edge") -> OpenAI:
-    return OpenAI(base_url=gov.edges[edge].base_url, api_key=key, max_retries=0)
+from tests.e2e.providers import CLAUDE, GPT, MESSAGES, client, received, script
 
 
 def test_models_are_listed_only_for_orgs_with_credentials(
