@@ -270,7 +270,9 @@ class StreamTranslator:
         kind = event.get("type")
         if kind == "message_start":
             self._read_usage((event.get("message") or {}).get("usage"))
-            return [self._chunk({"role": "assistant", "content": ""})]
+            # The role alone: whether text follows is not known yet, and OpenAI's content is
+            # null in an answer that is only tool calls.
+            return [self._chunk({"role": "assistant"})]
         if kind == "content_block_start":
             return self._block_start(_int(event.get("index")), event.get("content_block") or {})
         if kind == "content_block_delta":

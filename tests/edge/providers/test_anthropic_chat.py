@@ -222,7 +222,7 @@ def chunk(d: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     }
 
 
-ROLE = chunk({"role": "assistant", "content": ""})
+ROLE = chunk({"role": "assistant"})
 
 
 def first(index: int, id: str, name: str) -> dict[str, Any]:
