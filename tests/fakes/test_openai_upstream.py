@@ -376,3 +376,15 @@ def test_sdk_sees_openai_errors(fake: RunningFake, client: openai.OpenAI) -> Non
     fake.script(fail_next=1, fail_status=429)
     with pytest.raises(openai.RateLimitError):
         client.embeddings.create(model="m", input="x")
+
+
+def test_the_control_api_checks_scripted_tool_calls(fake: RunningFake) -> None:
+    url = fake.url + "/_control/script"
+    for bad in (
+        [{"name": "f", "arguments": "not json"}],
+        [{"arguments": "{}"}],
+        [{"name": "f", "arguments": "[1]"}],
+    ):
+        assert httpx.post(url, json={"tool_calls": bad}).status_code == 400
+    done = httpx.post(url, json={"tool_calls": [{"name": "now"}]})
+    assert done.json()["tool_calls"] == [{"name": "now", "arguments": "{}"}]

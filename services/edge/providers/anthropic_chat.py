@@ -46,6 +46,8 @@ message. Not in OpenAI's reference but passed on: `cache_control` on a content p
 prompt caching), like `top_k`. An assistant `refusal` (field or part) is sent as its text; an
 assistant message with nothing in it is left out (the API refuses empty turns). A trailing
 assistant message goes as the last turn, which Anthropic treats as a prefill of the answer.
+A tool call's `arguments` must be a JSON object string; "" (what some clients send for a call
+without arguments) counts as {}.
 
 Structured output: `json_schema` with `strict: true` (what the OpenAI SDK's `parse()` sends) ->
 Anthropic's own structured output, `output_config: {"format": {"type": "json_schema", "schema":
@@ -55,7 +57,8 @@ the rules of constrained decoding), go through the documented equivalent: a forc
 `json_response` whose input_schema is the schema (`{"type": "object"}` for json_object); its
 `tool_use` input comes back as the message's JSON `content` (streams: its `input_json_delta`
 fragments as `delta.content`) with finish_reason "stop". Beside client tools, tool_choice auto
-becomes `any`, so that a turn ends either in client tool calls or in the JSON answer. No beta
+becomes `any`, so that a turn ends either in client tool calls or in the JSON answer; a client
+tool of that name is refused (tools[i].function.name). No beta
 header is needed by anything here; the second element of `chat_to_messages`'s result stays for
 one that a future translation may need.
 
@@ -221,7 +224,8 @@ class StreamTranslator:
     """Anthropic Messages stream events -> OpenAI `chat.completion.chunk` objects.
 
     `feed` takes one parsed SSE event and returns the chunks to send for it: message_start ->
-    the role chunk; text and JSON-answer deltas -> content chunks; a client tool_use block start
+    the role chunk (`{"role": "assistant"}` alone, so that an answer of tool calls only keeps
+    null content); text and JSON-answer deltas -> content chunks; a client tool_use block start
     -> a tool_calls chunk with index, id, type, name and `arguments: ""`, and its input_json_delta
     -> argument fragments; message_delta with a stop reason -> the finish chunk; message_stop ->
     nothing, or the usage chunk (empty choices) when `include_usage`. With `include_usage`, every
