@@ -98,7 +98,7 @@ def test_a_tool_loop_round_trip(fake: RunningFake, http: httpx.Client) -> None:
         {"city": "Paris"},
         {"city": "Rome"},
     ]
-    # The client runs the tools and sends the results back, as an agent framework does.
+    # The client runs the tools and sends the results back, replaying the assistant message.
     messages.append(first["message"])
     for call, result in zip(calls, ["sunny", "rain"], strict=True):
         messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
