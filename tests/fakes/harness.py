@@ -19,9 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import re
+import secrets
 import socket
+import string
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -66,14 +69,59 @@ class Script:
     response_delay_s: float = 0.0
     # When set, any other key is refused with 401 (the provider's authentication error).
     expected_key: str | None = None
+    # Tool calls to answer with, each {"name": str, "arguments": str (JSON)}; `reply`, when not
+    # empty, comes first as text. A request whose last turn carries tool results is answered
+    # with `reply` as plain text instead, so that a client can run a tool loop.
+    tool_calls: list[dict[str, Any]] | None = None
+    # Prompt tokens written to the provider's prompt cache (Anthropic reports them apart).
+    cache_creation_tokens: int = 0
+    # Length of the embedding vectors when a request does not ask for `dimensions`.
+    embedding_dimensions: int = 16
+    # What `GET /v1/models` lists.
+    models: list[str] = field(default_factory=lambda: ["gpt-4o-mini", "text-embedding-3-small"])
+
+    def __post_init__(self) -> None:
+        if self.tool_calls is None:
+            return
+        calls = []
+        for call in self.tool_calls:
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise TypeError("each of tool_calls needs a 'name'")
+            arguments = call.get("arguments", "{}")
+            try:
+                parsed = json.loads(arguments)
+            except (TypeError, ValueError):
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise TypeError("tool_calls arguments must be a JSON object string")
+            calls.append({"name": call["name"], "arguments": arguments})
+        self.tool_calls = calls
 
     def pieces(self) -> list[str]:
         if self.chunks is not None:
             return list(self.chunks)
         return re.findall(r"\S+\s*", self.reply) or [self.reply]
 
-    def completion(self) -> int:
-        return len(self.pieces()) if self.completion_tokens is None else self.completion_tokens
+    def completion(self, units: int | None = None) -> int:
+        """Scripted completion tokens, else `units` (the streamed pieces of an answer), else one
+        per piece of the reply."""
+        if self.completion_tokens is not None:
+            return self.completion_tokens
+        return len(self.pieces()) if units is None else units
+
+
+def fragments(text: str, parts: int = 3) -> list[str]:
+    """`text` cut into up to `parts` consecutive pieces, as providers stream tool arguments."""
+    if not text:
+        return []
+    size = -(-len(text) // parts)
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def random_id(prefix: str) -> str:
+    """An id in a provider's style: `call_...` (OpenAI), `toolu_...` (Anthropic)."""
+    alphabet = string.ascii_letters + string.digits
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(24))
 
 
 class DropConnection(Exception):
