@@ -183,6 +183,36 @@ def _gateway_table(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _byok_table(results: dict[str, Any]) -> list[str]:
+    b = results.get("byok")
+    if not b:
+        return ["_The bring-your-own-key gateway was not measured in this run._"]
+    rows = [
+        f"{b['samples']} non-streaming calls to `openai/gpt-4o-mini` each way, interleaved, "
+        "against a stand-in OpenAI upstream that answers at once; added = the stack's "
+        "percentile minus the direct call's.",
+        "",
+        "| path | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) |",
+        "|---|---:|---:|---:|---:|",
+        f"| straight to the stand-in | {b['direct_ms']['p50']:.2f} | {b['direct_ms']['p99']:.2f} "
+        "| | |",
+    ]
+    labels = {
+        "before": f"before the move (`{b['before_commit'][:10]}`: edge → engine → provider)",
+        "after": "after the move (this checkout: edge → provider)",
+    }
+    for name, label in labels.items():
+        if name in b:
+            g = b[name]
+            rows.append(
+                f"| {label} | {g['http_ms']['p50']:.2f} | {g['http_ms']['p99']:.2f} "
+                f"| **{g['added_p50_ms']:+.2f}** | **{g['added_p99_ms']:+.2f}** |"
+            )
+    if "before_missing" in b:
+        rows += ["", f"_Before the move: not measured ({b['before_missing']})._"]
+    return rows
+
+
 def render_section(results: dict[str, Any], verdicts: list[Verdict]) -> str:
     """The markdown that goes between the markers (markers not included)."""
     cfg = results.get("config", {})
@@ -214,6 +244,10 @@ def render_section(results: dict[str, Any], verdicts: list[Verdict]) -> str:
         "### Gateway cost",
         "",
         *_gateway_table(results),
+        "",
+        "### Bring-your-own-key gateway, before and after the provider backends moved to the edge",
+        "",
+        *_byok_table(results),
         "",
         "### Outputs",
         "",

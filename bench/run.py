@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import gateway, load
+from bench import byok, gateway, load
 from bench.baseline_genai import GenaiBaseline, prepare_model_copy, thread_count
 from bench.config import GATEWAY_PROMPT, MODEL_FOLDER, PROMPT, ROOT, BenchConfig
 from bench.machine import load_average, machine_info
@@ -193,6 +193,15 @@ def measure_all(cfg: BenchConfig, results: dict[str, Any], ids: list[int]) -> di
             except Exception:
                 print(f"bench: the stack's last output:\n{stack.logs()}", file=sys.stderr)
                 raise
+        _settle()
+        _say(f"bring-your-own-key: {cfg.gateway_samples} calls each way, before and after")
+        results["byok"] = b = byok.measure(Path(tmp), cfg.gateway_samples, cfg.gateway_warmup)
+        for name in ("before", "after"):
+            if name in b:
+                _say(
+                    f"byok {name}: added p50 {b[name]['added_p50_ms']:+.2f} / p99 "
+                    f"{b[name]['added_p99_ms']:+.2f} ms over the stand-in"
+                )
     return texts
 
 
@@ -246,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "genai_generator": {},
         "genai_engine": None,
         "gateway": None,
+        "byok": None,
         "raw": {"ours": {}},
     }
     load_now = results["machine"]["load_average_start"]

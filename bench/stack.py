@@ -85,17 +85,19 @@ def start_stack(
     database_url: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     keep_lines: int | None = 200,
+    root: Path = ROOT,
 ) -> Stack:
     """Starts `sluice up` and returns once it has printed the dev key (all four services up).
 
-    `keep_lines=None` keeps every line it prints (tests search the whole log for secrets).
+    `keep_lines=None` keeps every line it prints (tests search the whole log for secrets);
+    `root` is the checkout whose code runs (another commit's, for a before/after comparison).
     """
     ports = {name: free_port() for name in ("auth", "metering", "engine", "edge")}
     env = stack_env(data_dir, ports, max_batch, database_url, extra_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up"],
         env=env,
-        cwd=ROOT,
+        cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -227,3 +227,33 @@ def test_write_performance_doc_creates_then_rewrites(tmp_path: Path) -> None:
     rewritten = path.read_text()
     assert "(edited by hand)" in rewritten
     assert "numbers-1" not in rewritten and f"{START}\nsecond\n{END}" in rewritten
+
+
+def test_byok_before_and_after_table() -> None:
+    summary = {
+        "http_ms": {"p50": 9.0, "p99": 15.0, "mean": 9.5},
+        "direct_ms": {"p50": 1.0, "p99": 2.0, "mean": 1.1},
+        "added_p50_ms": 8.0,
+        "added_p99_ms": 13.0,
+        "added_mean_ms": 8.4,
+    }
+    after = {**summary, "http_ms": {"p50": 6.0, "p99": 9.0, "mean": 6.2}, "added_p50_ms": 5.0,
+             "added_p99_ms": 7.0}  # fmt: skip
+    byok = {
+        "samples": 200,
+        "before_commit": "4d4e89f401782e891513d6303465dbab1c70a4a3",
+        "before": summary,
+        "after": after,
+        "direct_ms": {"p50": 1.0, "p99": 2.0, "mean": 1.1},
+    }
+    text = render_section(_results(byok=byok), evaluate(_results()))
+    assert "| straight to the stand-in | 1.00 | 2.00 | | |" in text
+    assert "before the move (`4d4e89f401`: edge → engine → provider) | 9.00 | 15.00 " in text
+    assert "| **+8.00** | **+13.00** |" in text and "| **+5.00** | **+7.00** |" in text
+    missing = {**byok, "before_missing": "no checkout"}
+    del missing["before"]
+    text = render_section(_results(byok=missing), evaluate(_results()))
+    assert "_Before the move: not measured (no checkout)._" in text
+    assert "_The bring-your-own-key gateway was not measured" in render_section(
+        _results(), evaluate(_results())
+    )

@@ -20,7 +20,8 @@ MESSAGES = [
 
 
 def control(gov: Services, provider: str, method: str, path: str, **body: Any) -> Any:
-    resp = httpx.request(method, gov.fakes[provider] + path, json=body or None, timeout=10)
+    payload = body if method in ("POST", "PUT") else None
+    resp = httpx.request(method, gov.fakes[provider] + path, json=payload, timeout=10)
     resp.raise_for_status()
     return resp.json()
 

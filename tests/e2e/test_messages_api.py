@@ -37,7 +37,12 @@ def test_a_message_is_the_providers_answer_unchanged(gov: Services, byok: dict[s
     script(gov, "anthropic", reply="Hello there.", prompt_tokens=12, completion_tokens=3)
     with anthropic_client(gov, byok["key"]) as c:
         message = c.messages.create(
-            model=MODEL, max_tokens=100, messages=HELLO, system="Be brief.", temperature=0.2
+            model=MODEL,
+            max_tokens=100,
+            messages=HELLO,
+            system="Be brief.",
+            stop_sequences=["END"],
+            metadata={"user_id": "user-1234"},
         )
     assert message.content[0].type == "text" and message.content[0].text == "Hello there."
     assert (message.usage.input_tokens, message.usage.output_tokens) == (12, 3)
@@ -48,10 +53,12 @@ def test_a_message_is_the_providers_answer_unchanged(gov: Services, byok: dict[s
         "max_tokens": 100,
         "messages": HELLO,
         "system": "Be brief.",
-        "temperature": 0.2,
+        "stop_sequences": ["END"],
+        "metadata": {"user_id": "user-1234"},
     }
     assert sent["headers"]["x-api-key"] == byok["anthropic"]
-    assert sent["headers"]["anthropic-version"] == "2023-06-01"
+    # The SDK's own version header, passed on as sent.
+    assert sent["headers"]["anthropic-version"] == anthropic_version(gov, byok["key"])
     ours = raw(gov, "/messages", sent["body"], **{"x-api-key": byok["key"]})
     theirs = httpx.post(
         gov.fakes["anthropic"] + "/v1/messages",
@@ -89,6 +96,12 @@ def test_a_stream_comes_back_event_by_event(gov: Services, byok: dict[str, str])
     assert events(ours) == events(theirs)
     rows = gov.ledger(byok["org"])
     assert [(r["completion_tokens"], r["status"]) for r in rows] == [(3, "ok"), (3, "ok")]
+
+
+def anthropic_version(gov: Services, key: str) -> str:
+    """The anthropic-version header this SDK sends."""
+    with anthropic_client(gov, key) as c:
+        return str(c.default_headers["anthropic-version"])
 
 
 def events(text: str) -> list[tuple[str, Any]]:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 from tests.e2e.conftest import ROOT, Stack
+from tests.e2e.processes import Services
+from tests.e2e.providers import received, script
 
 
 def python_blocks() -> list[str]:
@@ -16,9 +18,12 @@ def python_blocks() -> list[str]:
 
 def run_example(stack: Stack, code: str) -> str:
     edge = stack.base_url.removesuffix("/v1").removeprefix("http://")
-    code = code.replace("127.0.0.1:8000", edge)
     code = code.replace("127.0.0.1:50053", stack.env["SLUICE_ENGINE_ADDR"])
-    env = {**stack.env, "SLUICE_API_KEY": stack.dev_key}
+    return run_code(code, edge, {**stack.env, "SLUICE_API_KEY": stack.dev_key})
+
+
+def run_code(code: str, edge: str, env: dict[str, str]) -> str:
+    code = code.replace("127.0.0.1:8000", edge)
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
     )
@@ -43,3 +48,29 @@ def test_readme_grpc_example(stack: Stack) -> None:
     out = run_example(stack, grpc_block)
     assert re.search(r"(stop|length)", out)
     assert "completion_tokens" in out
+
+
+def byok_example(gov: Services, byok: dict[str, str], marker: str) -> str:
+    block = next(b for b in python_blocks() if marker in b)
+    edge = gov.edges["edge"].base_url.removesuffix("/v1").removeprefix("http://")
+    return run_code(block, edge, {**gov.env, "SLUICE_API_KEY": byok["key"]})
+
+
+def test_readme_tools_example(gov: Services, byok: dict[str, str]) -> None:
+    calls = [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]
+    script(gov, "openai", tool_calls=calls, reply="It is sunny in Paris.")
+    out = byok_example(gov, byok, "tools = [")
+    assert out.strip() == "It is sunny in Paris."
+    second = received(gov, "openai")[1]["body"]["messages"]
+    assert second[-1] == {
+        "role": "tool",
+        "tool_call_id": second[-2]["tool_calls"][0]["id"],
+        "content": "Sunny in Paris",
+    }
+
+
+def test_readme_anthropic_sdk_example(gov: Services, byok: dict[str, str]) -> None:
+    script(gov, "anthropic", reply="Hello! How can I help?", prompt_tokens=10)
+    out = byok_example(gov, byok, "import anthropic")
+    assert out.startswith("Hello! How can I help?")
+    assert "input_tokens=10" in out
