@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from services.edge.body import MAX_BODY_BYTES
 from tests.e2e.conftest import Stack
 from tests.e2e.test_chat import FRANCE, MODEL
 
@@ -161,7 +162,7 @@ def test_metrics_count_settled_requests(stack: Stack) -> None:
 def test_oversized_body_is_413(stack: Stack) -> None:
     resp = httpx.post(
         f"{stack.base_url}/chat/completions",
-        content=b"{" + b" " * (9 * 1024 * 1024) + b"}",
+        content=b"{" + b" " * (MAX_BODY_BYTES + 1) + b"}",
         headers={"authorization": f"Bearer {stack.dev_key}", "content-type": "application/json"},
     )
     assert resp.status_code == 413
