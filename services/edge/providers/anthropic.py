@@ -14,24 +14,12 @@ from typing import Any
 import httpx
 
 from services.common.settings import Settings
+from services.edge.providers.anthropic_chat import ERROR_STATUS
 from services.edge.providers.base import ProviderClient, SSEEvent, UpstreamFailure, as_dict
 from services.edge.providers.catalog import ANTHROPIC
 from services.edge.providers.credentials import ProviderKey
 
 API_VERSION = "2023-06-01"
-# The HTTP status each error type of the Messages API has outside a stream, so that an error
-# event inside the stream is treated like the same error before it.
-ERROR_STATUS = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
 
 
 def auth_headers(key: ProviderKey) -> dict[str, str]:
