@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import asyncpg
 import httpx
@@ -189,3 +190,37 @@ def test_failure_mid_stream_ends_with_an_error_and_bills_what_was_delivered(
     (row,) = gov.ledger(byok["org"])
     assert row["status"] == "error"
     assert (row["prompt_tokens"], row["completion_tokens"]) == (13, 2)
+
+
+def test_a_client_gone_mid_stream_closes_the_provider_stream_and_is_billed(
+    gov: Services, byok: dict[str, str]
+) -> None:
+    script(gov, "openai", chunks=[f"t{i} " for i in range(200)], chunk_delay_s=0.02)
+    with httpx.stream(
+        "POST",
+        gov.edges["edge"].base_url + "/chat/completions",
+        json={"model": GPT, "messages": MESSAGES, "stream": True},
+        headers={"authorization": f"Bearer {byok['key']}"},
+        timeout=30,
+    ) as resp:
+        lines = resp.iter_lines()
+        got = [line for line, _ in zip(lines, range(12), strict=False) if line]
+    assert len(got) >= 5
+    for _ in range(100):
+        outcomes = [r["outcome"] for r in received(gov, "openai")]
+        rows = gov.ledger(byok["org"])
+        if outcomes == ["aborted"] and rows:
+            break
+        time.sleep(0.1)
+    assert outcomes == ["aborted"]
+    (row,) = rows
+    assert row["status"] == "cancelled" and 0 < int(row["completion_tokens"]) < 200
+
+
+def test_the_legacy_completions_endpoint_names_its_models(
+    gov: Services, byok: dict[str, str]
+) -> None:
+    with client(gov, byok["key"]) as c, pytest.raises(openai.BadRequestError) as err:
+        c.completions.create(model=GPT, prompt="Say hello.")
+    assert err.value.param == "model"
+    assert received(gov, "openai") == []
