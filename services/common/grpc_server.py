@@ -1,4 +1,4 @@
-"""Running a gRPC service: one error boundary, health checking, graceful stop.
+"""Running a gRPC service: one error boundary, health checking, a drain on SIGTERM.
 
 Every service's `main()` builds its servicers and calls `serve()`. Domain code raises
 `SluiceError`s; `ErrorInterceptor` is the single place they become gRPC statuses, with the
@@ -135,9 +135,14 @@ async def start_server(
     return RunningServer(server=server, health=health_servicer, port=port)
 
 
-async def stop_server(running: RunningServer, grace_s: float = GRACE_S) -> None:
-    """Reports NOT_SERVING, then stops, giving in-flight calls `grace_s` seconds."""
+async def stop_server(running: RunningServer, grace_s: float = GRACE_S, delay_s: float = 0) -> None:
+    """Drains: reports NOT_SERVING, keeps serving `delay_s` seconds more so that clients
+    watching health (and balancers probing it) move new calls elsewhere, then refuses new calls
+    and gives those in flight, streams included, `grace_s` seconds to finish before cancelling
+    them."""
     await running.health.enter_graceful_shutdown()
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
     await running.server.stop(grace_s)
 
 
@@ -147,8 +152,13 @@ async def serve(
     service_names: Sequence[str],
     *,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    grace_s: float = GRACE_S,
+    delay_s: float = 0,
 ) -> None:
-    """Serves until SIGINT/SIGTERM, then stops with a grace period for in-flight calls."""
+    """Serves until SIGINT/SIGTERM, then drains (`stop_server`) and calls `on_stop`.
+
+    A second signal during the drain is ignored: the grace period is the bound.
+    """
     running = await start_server(addr, register, service_names)
     log.info("serving %s on %s", ", ".join(service_names), addr)
 
@@ -157,8 +167,14 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping %s (grace %.0fs)", ", ".join(service_names), GRACE_S)
-    await stop_server(running)
+    log.info(
+        "draining %s (NOT_SERVING for %.1fs, then %.0fs for calls in flight)",
+        ", ".join(service_names),
+        delay_s,
+        grace_s,
+    )
+    await stop_server(running, grace_s, delay_s)
+    log.info("stopped %s", ", ".join(service_names))
     if on_stop is not None:
         await on_stop()
 

@@ -8,6 +8,7 @@ import logging
 import grpc
 import onnxruntime as ort
 
+from services.common.channels import aio_channel
 from services.common.grpc_server import configure_logging, run_service, serve
 from services.common.settings import Settings
 from services.engine.generation import Generator, HostedModel, loop_dispatch
@@ -67,7 +68,7 @@ async def _serve(settings: Settings) -> None:
     for model in generator.models.values():
         model.scheduler.start()
     # Upstream models read each organization's provider key from auth (cached briefly).
-    auth_channel = grpc.aio.insecure_channel(settings.auth_addr)
+    auth_channel = aio_channel(settings.auth_addr)
     credentials = AuthCredentials(auth_pb2_grpc.AuthServiceStub(auth_channel))
     upstream = UpstreamRouter.from_settings(settings, credentials)
 
@@ -83,7 +84,14 @@ async def _serve(settings: Settings) -> None:
             EngineServicer(generator, upstream), server
         )
 
-    await serve(settings.engine_addr, register, ["sluice.engine.v1.EngineService"], on_stop=on_stop)
+    await serve(
+        settings.engine_addr,
+        register,
+        ["sluice.engine.v1.EngineService"],
+        on_stop=on_stop,
+        grace_s=settings.drain_grace_s,
+        delay_s=settings.drain_delay_s,
+    )
 
 
 def main() -> None:
