@@ -8,6 +8,7 @@ OpenAI-style `code` and `param` carried in trailing metadata so the edge can sho
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -90,8 +91,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
+            # A streaming handler either yields its messages or writes them with
+            # context.write() (grpc_health's Watch does) and returns a coroutine.
+            behavior = handler.unary_stream
+            wrap = _wrap_stream if inspect.isasyncgenfunction(behavior) else _wrap_unary
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
+                wrap(behavior),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
