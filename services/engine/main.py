@@ -12,6 +12,7 @@ from services.common.channels import aio_channel
 from services.common.grpc_server import configure_logging, run_service, serve
 from services.common.settings import Settings
 from services.engine.generation import Generator, HostedModel, loop_dispatch
+from services.engine.metrics import serve_metrics
 from services.engine.registry import ModelRegistry, choose_variant, load_entry
 from services.engine.runtime import DecoderRuntime
 from services.engine.scheduler import Scheduler
@@ -71,8 +72,14 @@ async def _serve(settings: Settings) -> None:
     auth_channel = aio_channel(settings.auth_addr)
     credentials = AuthCredentials(auth_pb2_grpc.AuthServiceStub(auth_channel))
     upstream = UpstreamRouter.from_settings(settings, credentials)
+    metrics = None
+    if settings.engine_metrics_port:
+        schedulers = {name: model.scheduler for name, model in generator.models.items()}
+        metrics = serve_metrics(settings.engine_metrics_port, schedulers)
 
     async def on_stop() -> None:
+        if metrics is not None:
+            metrics.shutdown()
         for model in generator.models.values():
             model.scheduler.stop()
         await upstream.aclose()
