@@ -29,6 +29,7 @@ RETRY_AFTER_KEY = "sluice-retry-after"
 # failure, for one); the edge uses it instead of its gRPC-to-HTTP table.
 HTTP_STATUS_KEY = "sluice-http-status"
 GRACE_S = 5.0
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
@@ -126,6 +127,10 @@ async def start_server(
         options=[
             ("grpc.max_send_message_length", 16 * 1024 * 1024),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # Clients reconnect, and so resolve DNS names again, at least this often: a caller
+            # dialling dns:/// finds replicas added since (gRPC re-resolves only on a lost
+            # connection). Calls in flight finish on the old connection.
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
         ],
     )
     register(server)
