@@ -183,12 +183,14 @@ return renewed
 
 
 def connect(url: str, *, cluster: bool = False, timeout_s: float = 1.0) -> Any:
-    """An asyncio client for `url` that fails fast (one attempt, `timeout_s` to connect and to
-    answer), so an unreachable Redis refuses admissions at once instead of holding them."""
+    """An asyncio client for `url` that fails fast (`timeout_s` to connect and to answer), so an
+    unreachable Redis refuses admissions at once instead of holding them. A call that fails on a
+    connection is tried once more on a fresh one: after Redis restarts, the pooled connections
+    are stale, and the first call on each would otherwise fail although Redis is back."""
     options: dict[str, Any] = {
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": Retry(NoBackoff(), 1),
     }
     if cluster:
         return redis.RedisCluster.from_url(url, **options)

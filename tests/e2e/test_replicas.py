@@ -6,6 +6,7 @@ limits on this stack too."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import openai
 import pytest
@@ -99,3 +100,62 @@ def test_admissions_fail_closed_while_redis_is_down_then_recover(
     assert resp.headers["x-ratelimit-remaining-requests"] == "99"
     statuses = [r["status"] for r in fleet.ledger(org)]
     assert statuses == ["ok", "ok"]  # the outage refused nothing on the key's behalf
+
+
+async def _stream(client: AsyncOpenAI) -> tuple[str, int]:
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count to twenty."}],
+        max_tokens=48,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    finish, total = "", 0
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+        if chunk.usage:
+            total = chunk.usage.total_tokens
+    return finish, total
+
+
+async def _streams_while(bases: list[str], key: str, n: int, during: Any) -> list[Any]:
+    clients = [AsyncOpenAI(base_url=b, api_key=key, max_retries=0, timeout=300) for b in bases]
+    try:
+        streams = [asyncio.create_task(_stream(clients[i % len(clients)])) for i in range(n)]
+        await asyncio.sleep(1.0)  # under way on both engines
+        await asyncio.to_thread(during)
+        # New requests while the replicas drain go to the ones still serving.
+        more = [asyncio.create_task(_stream(clients[i % len(clients)])) for i in range(n)]
+        return list(await asyncio.gather(*streams, *more, return_exceptions=True))
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def test_sigterm_drains_an_engine_and_a_metering_without_failing_a_request(
+    fleet: Services, org: str
+) -> None:
+    key = fleet.new_key(org, "drain")
+    bases = [fleet.edges["edge"].base_url, fleet.edges["edge-b"].base_url]
+
+    def drain() -> None:
+        fleet.stop("engine-b")  # SIGTERM, and wait for it to exit
+        fleet.stop("metering-b")
+
+    try:
+        results = asyncio.run(_streams_while(bases, key, 6, drain))
+    finally:
+        fleet.start("engine-b")
+        fleet.start("metering-b")
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not failures, failures
+    assert all(finish in ("stop", "length") and total > 0 for finish, total in results)
+    ledger = fleet.ledger(org)
+    assert sorted(int(r["prompt_tokens"]) + int(r["completion_tokens"]) for r in ledger) == sorted(
+        total for _, total in results
+    )
+    assert {r["status"] for r in ledger} == {"ok"}
+    for name in ("engine-b", "metering-b"):
+        assert fleet.procs[name].poll() is None

@@ -234,3 +234,26 @@ async def test_redis_keys_expire_after_their_window(redis_space: RedisSpace) -> 
         assert 0 < client.pttl(c) <= 65_000
     finally:
         client.close()
+
+
+async def test_a_restarted_redis_is_used_again_at_once(
+    engine: AsyncEngine, clock: FakeClock, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    ledger = Ledger(
+        engine,
+        clock=clock,
+        reservation_ttl_s=TTL_S,
+        limiter=RedisLimiter(connect(server.url, timeout_s=0.5), prefix="t", clock=clock),
+    )
+    try:
+        quota = Quota(rpm=100)
+        await asyncio.gather(*(admit(ledger, key_quota=quota) for _ in range(4)))
+        server.stop()  # the pool's connections are stale now, and nothing has used them
+        server.start()
+        results = await asyncio.gather(*(admit(ledger, key_quota=quota) for _ in range(4)))
+        assert sorted(r.rate_limits.remaining_requests for r in results) == [96, 97, 98, 99]
+    finally:
+        server.stop()
+        await ledger.aclose()
