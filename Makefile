@@ -11,7 +11,8 @@ run: model
 	$(PY) -m services.cli up
 
 test: model
-	SLUICE_TEST_PG_DSN="$$(scripts/ensure_postgres.sh)" $(PY) -m pytest -q
+	SLUICE_TEST_PG_DSN="$$(scripts/ensure_postgres.sh)" \
+		SLUICE_TEST_REDIS_URL="$$(scripts/ensure_redis.sh)" $(PY) -m pytest -q
 
 model: protos
 	$(PY) -m services.cli model export

@@ -24,6 +24,7 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.cli.up import SERVICES
+from services.common.channels import target
 from services.common.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +32,8 @@ COMPOSE = ROOT / "compose.yaml"
 GPU_OVERLAY = ROOT / "compose.gpu.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 GRPC_PORTS = {"auth": 50051, "metering": 50052, "engine": 50053}
-ENV_PREFIXES = ("SLUICE_", "POSTGRES_")
+# REPLICAS_*: compose's own knobs (how many of a service), not the services' settings.
+ENV_PREFIXES = ("SLUICE_", "POSTGRES_", "REPLICAS_")
 SETTINGS_ENV = {f"SLUICE_{name.upper()}" for name in Settings.model_fields}
 
 
@@ -113,10 +115,10 @@ def _makefile_stub_commands() -> list[str]:
     return [" ".join(cmd.split()) for cmd in expanded]
 
 
-def test_has_postgres_and_the_four_services(compose: dict[str, Any]) -> None:
+def test_has_postgres_redis_and_the_four_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"postgres", *SERVICES} <= set(services)
-    extras = set(services) - {"postgres", *SERVICES}
+    assert {"postgres", "redis", *SERVICES} <= set(services)
+    extras = set(services) - {"postgres", "redis", *SERVICES}
     for name in extras:
         assert services[name].get("profiles"), f"{name} would start with `up`: give it a profile"
 
@@ -178,7 +180,12 @@ def test_grpc_addresses_line_up(compose: dict[str, Any]) -> None:
     for name, port in GRPC_PORTS.items():
         var = f"SLUICE_{name.upper()}_ADDR"
         assert _environment(services[name])[var] == f"0.0.0.0:{port}"
-        assert edge[var] == f"{name}:{port}"
+        # Through Docker's DNS, which names every replica of the service.
+        assert edge[var] == f"dns:///{name}:{port}"
+        assert target(edge[var]) == edge[var]
+    for caller, callee in (("cli", "auth"), ("cli", "metering")):
+        var = f"SLUICE_{callee.upper()}_ADDR"
+        assert _environment(services[caller])[var] == f"dns:///{callee}:{GRPC_PORTS[callee]}"
     for name in ("auth", "metering"):
         url = _environment(services[name])["SLUICE_DATABASE_URL"]
         assert url == "postgresql+asyncpg://sluice:sluice@postgres:5432/sluice"
@@ -195,17 +202,33 @@ def test_ports_healthchecks_and_startup_order(compose: dict[str, Any]) -> None:
     edge = services["edge"]
     assert _environment(edge)["SLUICE_EDGE_HOST"] == "0.0.0.0"
     assert edge["ports"] == ["127.0.0.1:8000:8000"]
-    for name in ("postgres", *SERVICES):
+    for name in ("postgres", "redis", *SERVICES):
         assert services[name]["healthcheck"]["test"], name
     for name, service in services.items():
-        if name != "edge":
-            assert "ports" not in service, f"{name} is published; only the edge should be"
+        if name not in ("edge", "edge-b"):
+            assert "ports" not in service, f"{name} is published; only the edges should be"
         for dep, spec in (service.get("depends_on") or {}).items():
             assert spec["condition"] == "service_healthy", (name, dep)
             assert "healthcheck" in services[dep], (name, dep)
     assert set(edge["depends_on"]) == {"auth", "metering", "engine"}
     for name in ("auth", "metering"):
         assert "postgres" in services[name]["depends_on"]
+    assert "redis" in services["metering"]["depends_on"]
+
+
+def test_metering_shares_redis_and_replicas_are_possible(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert _environment(services["metering"])["SLUICE_REDIS_URL"] == "redis://redis:6379/0"
+    assert services["redis"]["image"].startswith("redis:")
+    for name in ("metering", "engine"):
+        replicas = services[name]["deploy"]["replicas"]
+        assert replicas == f"${{REPLICAS_{name.upper()}:-1}}", name
+    # The second edge is the first one on another host port, started with its profile only.
+    edge, second = services["edge"], services["edge-b"]
+    assert second["profiles"] == ["replicas"]
+    assert second["ports"] == ["127.0.0.1:8001:8000"]
+    for key in ("command", "environment", "depends_on", "healthcheck", "build"):
+        assert second[key] == edge[key], key
 
 
 def test_engine_mounts_the_models_read_only(compose: dict[str, Any]) -> None:
@@ -335,7 +358,7 @@ def test_docker_compose_config_validates(files: list[str]) -> None:
     cmd = _docker_compose()
     for name in files:
         cmd += ["-f", name]
-    cmd += ["--profile", "tools", "config", "-q"]
+    cmd += ["--profile", "tools", "--profile", "replicas", "config", "-q"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{shlex.join(cmd)}: {result.stderr}"
 
@@ -344,7 +367,7 @@ def test_provider_calls_belong_to_the_edge(compose: dict[str, Any]) -> None:
     services = compose["services"]
     edge = _environment(services["edge"])
     assert edge["SLUICE_OPENAI_BASE_URL"] and edge["SLUICE_ANTHROPIC_BASE_URL"]
-    assert edge["SLUICE_AUTH_ADDR"] == "auth:50051"
+    assert edge["SLUICE_AUTH_ADDR"] == "dns:///auth:50051"
     engine = _environment(services["engine"])
     assert not any(name.startswith(("SLUICE_OPENAI", "SLUICE_ANTHROPIC")) for name in engine)
     assert "SLUICE_AUTH_ADDR" not in engine  # the engine needs no provider credential

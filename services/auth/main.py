@@ -26,7 +26,13 @@ async def run(settings: Settings) -> None:
         store = KeyStore(engine, settings.resolved_key_secret())
         providers = ProviderStore(engine, settings.resolved_credentials_key())
         register = functools.partial(add_to_server, store=store, providers=providers)
-        await serve(settings.auth_addr, register, [SERVICE_NAME])
+        await serve(
+            settings.auth_addr,
+            register,
+            [SERVICE_NAME],
+            grace_s=settings.drain_grace_s,
+            delay_s=settings.drain_delay_s,
+        )
     finally:
         await engine.dispose()
 

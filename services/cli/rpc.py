@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from services.common.channels import sync_channel
 from services.common.settings import Settings
 from services.pb.auth.v1 import auth_pb2_grpc
 from services.pb.metering.v1 import metering_pb2_grpc
@@ -19,7 +20,9 @@ T = TypeVar("T")
 TIMEOUT_S = 10.0
 # Substrings of grpc's own messages when nothing answers at the address (as opposed to a
 # service that answered UNAVAILABLE itself, e.g. because its database is down).
-_NO_CONNECTION = ("failed to connect", "connection refused", "dns resolution failed")
+_NO_CONNECTION = (
+    "failed to connect", "connection refused", "dns resolution failed", "no healthy", "no ready"
+)  # fmt: skip
 
 
 class CommandFailed(Exception):
@@ -36,7 +39,7 @@ def call(
 
     `service` names it in messages ("auth", "metering"). Raises `CommandFailed`.
     """
-    with grpc.insecure_channel(addr) as channel:
+    with sync_channel(addr) as channel:
         try:
             return method(channel)(request, timeout=TIMEOUT_S)
         except grpc.RpcError as exc:

@@ -1,8 +1,10 @@
 """`sluice up`: the whole stack on one machine, four processes on loopback.
 
 Starts auth, metering, engine and edge as separate processes (the same commands compose runs),
-waits until each is healthy, creates a dev organization and key on the first start, and stops all
-four on Ctrl-C or SIGTERM.
+waits until each is healthy, creates a dev organization and key on the first start, and on Ctrl-C
+or SIGTERM stops them one at a time, waiting for each to drain: the edge first (its streams
+finish and settle while everything behind it still runs), metering last (every settlement has
+somewhere to go).
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.channels import aio_channel
 from services.common.settings import Settings
 from services.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 
 SERVICES = ("auth", "metering", "engine", "edge")
+# The order of stopping: callers before what they call, metering (settlements) last.
+STOP_ORDER = ("edge", "engine", "auth", "metering")
 READY_TIMEOUT_S = 180.0
-STOP_GRACE_S = 10.0
+# Beyond the drain itself (SLUICE_DRAIN_DELAY_S + SLUICE_DRAIN_GRACE_S), time to exit.
+STOP_MARGIN_S = 10.0
 
 
 def register(sub: Any) -> None:
@@ -68,7 +74,7 @@ async def _wait_http(url: str, deadline: float) -> bool:
 
 
 async def _create_dev_key(settings: Settings) -> str:
-    async with grpc.aio.insecure_channel(settings.auth_addr) as channel:
+    async with aio_channel(settings.auth_addr) as channel:
         resp = await auth_pb2_grpc.AuthServiceStub(channel).CreateKey(
             auth_pb2.CreateKeyRequest(org="dev", name="dev"), timeout=10.0
         )
@@ -89,17 +95,18 @@ def _ensure_model(settings: Settings) -> None:
         export_model(CPU_VARIANTS[0], settings.models_dir)
 
 
-def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    # Reverse order: the edge stops taking requests before the services behind it go away.
-    for name in reversed(SERVICES):
+def _stop(procs: dict[str, subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """SIGTERM to each service in `STOP_ORDER`, waiting up to `timeout_s` for it to exit (then
+    SIGKILL) before the next: the edge drains while the services behind it still run."""
+    for name in STOP_ORDER:
         proc = procs.get(name)
-        if proc and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for proc in procs.values():
+        if proc is None or proc.poll() is not None:
+            continue
+        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            print(f"sluice: {name} did not stop in {timeout_s:.0f}s; killing it", flush=True)
             proc.kill()
             proc.wait()
 
@@ -173,4 +180,4 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         print("sluice: stopping", flush=True)
-        _stop(procs)
+        _stop(procs, settings.drain_delay_s + settings.drain_grace_s + STOP_MARGIN_S)

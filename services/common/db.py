@@ -7,12 +7,13 @@ two can share one database or live apart.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -62,7 +63,12 @@ async def migrate(
     downgrade: bool = False,
 ) -> None:
     """Moves the service's schema to `revision` (services start at head) over the engine's own
-    connection; `downgrade` goes back instead, for a rollback."""
+    connection; `downgrade` goes back instead, for a rollback.
+
+    On PostgreSQL the transaction first takes an advisory lock named by the version table, so
+    replicas starting together migrate one after the other (the later ones find the schema at
+    head) instead of racing to create the same tables.
+    """
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location))
     cfg.attributes["version_table"] = version_table
@@ -72,6 +78,9 @@ async def migrate(
         (command.downgrade if downgrade else command.upgrade)(cfg, revision)
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            lock = int.from_bytes(hashlib.sha256(version_table.encode()).digest()[:8], "big")
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock - (1 << 63)})
         await conn.run_sync(_run)
 
 

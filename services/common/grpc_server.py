@@ -1,4 +1,4 @@
-"""Running a gRPC service: one error boundary, health checking, graceful stop.
+"""Running a gRPC service: one error boundary, health checking, a drain on SIGTERM.
 
 Every service's `main()` builds its servicers and calls `serve()`. Domain code raises
 `SluiceError`s; `ErrorInterceptor` is the single place they become gRPC statuses, with the
@@ -8,6 +8,7 @@ OpenAI-style `code` and `param` carried in trailing metadata so the edge can sho
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -28,6 +29,7 @@ RETRY_AFTER_KEY = "sluice-retry-after"
 # failure, for one); the edge uses it instead of its gRPC-to-HTTP table.
 HTTP_STATUS_KEY = "sluice-http-status"
 GRACE_S = 5.0
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
@@ -90,8 +92,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
+            # A streaming handler either yields its messages or writes them with
+            # context.write() (grpc_health's Watch does) and returns a coroutine.
+            behavior = handler.unary_stream
+            wrap = _wrap_stream if inspect.isasyncgenfunction(behavior) else _wrap_unary
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
+                wrap(behavior),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -121,6 +127,10 @@ async def start_server(
         options=[
             ("grpc.max_send_message_length", 16 * 1024 * 1024),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # Clients reconnect, and so resolve DNS names again, at least this often: a caller
+            # dialling dns:/// finds replicas added since (gRPC re-resolves only on a lost
+            # connection). Calls in flight finish on the old connection.
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
         ],
     )
     register(server)
@@ -135,9 +145,14 @@ async def start_server(
     return RunningServer(server=server, health=health_servicer, port=port)
 
 
-async def stop_server(running: RunningServer, grace_s: float = GRACE_S) -> None:
-    """Reports NOT_SERVING, then stops, giving in-flight calls `grace_s` seconds."""
+async def stop_server(running: RunningServer, grace_s: float = GRACE_S, delay_s: float = 0) -> None:
+    """Drains: reports NOT_SERVING, keeps serving `delay_s` seconds more so that clients
+    watching health (and balancers probing it) move new calls elsewhere, then refuses new calls
+    and gives those in flight, streams included, `grace_s` seconds to finish before cancelling
+    them."""
     await running.health.enter_graceful_shutdown()
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
     await running.server.stop(grace_s)
 
 
@@ -147,8 +162,13 @@ async def serve(
     service_names: Sequence[str],
     *,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    grace_s: float = GRACE_S,
+    delay_s: float = 0,
 ) -> None:
-    """Serves until SIGINT/SIGTERM, then stops with a grace period for in-flight calls."""
+    """Serves until SIGINT/SIGTERM, then drains (`stop_server`) and calls `on_stop`.
+
+    A second signal during the drain is ignored: the grace period is the bound.
+    """
     running = await start_server(addr, register, service_names)
     log.info("serving %s on %s", ", ".join(service_names), addr)
 
@@ -157,8 +177,14 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping %s (grace %.0fs)", ", ".join(service_names), GRACE_S)
-    await stop_server(running)
+    log.info(
+        "draining %s (NOT_SERVING for %.1fs, then %.0fs for calls in flight)",
+        ", ".join(service_names),
+        delay_s,
+        grace_s,
+    )
+    await stop_server(running, grace_s, delay_s)
+    log.info("stopped %s", ", ".join(service_names))
     if on_stop is not None:
         await on_stop()
 

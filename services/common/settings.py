@@ -48,9 +48,12 @@ class Settings(BaseSettings):
         default="auto",
         description="Export variant to serve: auto, cpu-int4, cuda-fp16 or cuda-int4.",
     )
-    auth_addr: str = Field(default="127.0.0.1:50051", description="Auth gRPC address.")
-    metering_addr: str = Field(default="127.0.0.1:50052", description="Metering gRPC address.")
-    engine_addr: str = Field(default="127.0.0.1:50053", description="Engine gRPC address.")
+    # Each is the service's own bind address in its process and, in its callers, the target:
+    # one address, a comma-separated list of replicas (IP literals) or dns:///name:port for a
+    # name resolving to several (services.common.channels).
+    auth_addr: str = Field(default="127.0.0.1:50051", description="Auth gRPC address(es).")
+    metering_addr: str = Field(default="127.0.0.1:50052", description="Metering gRPC address(es).")
+    engine_addr: str = Field(default="127.0.0.1:50053", description="Engine gRPC address(es).")
     edge_host: str = Field(default="127.0.0.1", description="Edge HTTP bind host.")
     edge_port: int = Field(default=8000, description="Edge HTTP port.")
     key_secret: str = Field(
@@ -129,6 +132,33 @@ class Settings(BaseSettings):
         default=900.0,
         gt=0,
         description="Metering releases a reservation not settled within this many seconds.",
+    )
+    redis_url: str = Field(
+        default="",
+        description="Redis holding the rate-limit windows of every metering replica, e.g. "
+        "redis://host:6379/0; empty = the windows of one metering process, in its memory.",
+    )
+    redis_cluster: bool = Field(
+        default=False, description="redis_url names a Redis Cluster node (cluster client)."
+    )
+    redis_prefix: str = Field(default="sluice", description="Prefix of every Redis key.")
+    redis_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Connect and answer timeout of Redis calls; past it admission fails closed.",
+    )
+    drain_grace_s: float = Field(
+        default=25.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight calls and streams may take to finish.",
+    )
+    drain_delay_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="On SIGTERM, seconds between reporting NOT_SERVING and refusing new calls.",
+    )
+    engine_metrics_port: int = Field(
+        default=0, description="Port of the engine's Prometheus /metrics; 0 = not served."
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
     trusted_proxies: str = Field(

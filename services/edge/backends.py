@@ -13,6 +13,7 @@ import grpc
 import httpx
 from starlette.requests import Request
 
+from services.common.channels import aio_channel
 from services.common.settings import Settings
 from services.edge.client_ip import IPNetwork, parse_networks
 from services.edge.errors import APIError, from_grpc
@@ -99,19 +100,9 @@ class Backends:
             }
 
     def _channel(self, addr: str) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(
-            addr,
-            options=[
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                # Several engine replicas behind one DNS name share the load.
-                ("grpc.lb_policy_name", "round_robin"),
-                # A restarted service is found again within about a second, not after gRPC's
-                # default backoff of up to two minutes (which would keep the edge failing closed).
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.min_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
+        # Every replica the address names, round robin over those passing health checks, with
+        # fast reconnects (services.common.channels).
+        channel = aio_channel(addr)
         self.channels.append(channel)
         return channel
 

@@ -11,6 +11,7 @@ import onnxruntime as ort
 from services.common.grpc_server import configure_logging, run_service, serve
 from services.common.settings import Settings
 from services.engine.generation import Generator, HostedModel, loop_dispatch
+from services.engine.metrics import serve_metrics
 from services.engine.registry import ModelRegistry, choose_variant, load_entry
 from services.engine.runtime import DecoderRuntime
 from services.engine.scheduler import Scheduler
@@ -63,15 +64,28 @@ async def _serve(settings: Settings) -> None:
     generator = load_models(settings, asyncio.get_running_loop())
     for model in generator.models.values():
         model.scheduler.start()
+    metrics = None
+    if settings.engine_metrics_port:
+        schedulers = {name: model.scheduler for name, model in generator.models.items()}
+        metrics = serve_metrics(settings.engine_metrics_port, schedulers)
 
     async def on_stop() -> None:
+        if metrics is not None:
+            metrics.shutdown()
         for model in generator.models.values():
             model.scheduler.stop()
 
     def register(server: grpc.aio.Server) -> None:
         engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(generator), server)
 
-    await serve(settings.engine_addr, register, ["sluice.engine.v1.EngineService"], on_stop=on_stop)
+    await serve(
+        settings.engine_addr,
+        register,
+        ["sluice.engine.v1.EngineService"],
+        on_stop=on_stop,
+        grace_s=settings.drain_grace_s,
+        delay_s=settings.drain_delay_s,
+    )
 
 
 def main() -> None:

@@ -1,17 +1,25 @@
-"""Admission and settlement: rate limits in memory, budgets and reservations in one transaction.
+"""Admission and settlement: rate limits in a `Limiter`, budgets and reservations in one
+transaction.
 
-Admit checks and records the request in the rate-limit windows (no await in between), then
-holds its upper bound of tokens on every budget and writes the reservation, in one database
-transaction. Settle charges the actual usage, releases the holds and writes the usage record in
-one transaction committed before it returns. Reservations that are never settled expire: their
-holds go back and an "expired" record is written.
+Admit checks and records the request in the rate-limit windows (one atomic step of the
+limiter: in memory, or one Redis script), then holds its upper bound of tokens on every budget
+and writes the reservation, in one database transaction. Settle charges the actual usage,
+releases the holds and writes the usage record in one transaction committed before it returns,
+then corrects the windows. Reservations that are never settled expire: their holds go back and
+an "expired" record is written. A long request renews its reservation to keep it.
+
+Nothing here is per-process state that several metering replicas would need to share: budgets,
+reservations and records are rows, and closing a reservation is one conditional UPDATE, so
+exactly one of any number of concurrent settles and sweepers (on any replica) gives its holds
+back. The windows are per-process only with the embedded `MemoryLimiter` (one replica).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,12 +28,20 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.sqltypes import UTCDateTime
 from services.metering import budgets
+from services.metering.memory_limits import MemoryLimiter
 from services.metering.models import reservations
 from services.metering.plans import Governing, PlanStore, Quota
-from services.metering.ratelimit import Limits, RateLimiter, RateLimitState, Ticket
+from services.metering.ratelimit import (
+    Limiter,
+    LimiterUnavailable,
+    Limits,
+    RateLimitState,
+    Scope,
+    request_scopes,
+)
 from services.metering.records import (
     SETTLE_STATUSES,
     USAGE,
@@ -52,6 +68,17 @@ CLOSE_RESERVATION = (
 SETTLED_FIELDS = (
     "org_id", "project_id", "key_id", "endpoint", "request_id", "client_ip", "provider", "holds",
 )  # fmt: skip
+# Renewing extends an open, unexpired reservation and names its principal (for its leases).
+RENEW_RESERVATION = (
+    update(RESERVATIONS)
+    .where(
+        RESERVATIONS.c.id == bindparam("rid"),
+        RESERVATIONS.c.settled_at.is_(None),
+        RESERVATIONS.c.expires_at > bindparam("now", type_=UTCDateTime()),
+    )
+    .values(expires_at=bindparam("expires_at", type_=UTCDateTime()))
+    .returning(RESERVATIONS.c.org_id, RESERVATIONS.c.project_id, RESERVATIONS.c.key_id)
+)
 CLOSE_AND_READ = CLOSE_RESERVATION.returning(*(RESERVATIONS.c[f] for f in SETTLED_FIELDS))
 READ_RESERVATION = select(RESERVATIONS).where(RESERVATIONS.c.id == bindparam("rid"))
 EXPIRE_BATCH = 500
@@ -69,6 +96,7 @@ class Admitted:
     rate_limits: RateLimitState
     max_context: int  # the organization's plan's context cap; 0 = none
     reserved_tokens: int
+    expires_at: float = 0.0  # unix seconds: when it expires unless settled or renewed
 
 
 def _require(value: str, name: str) -> None:
@@ -111,15 +139,13 @@ def rate_limits(
     return [lim for lim in found if lim.active]
 
 
-def _scopes(org_id: str, project_id: str, key_id: str) -> list[tuple[str, str]]:
-    scopes = [("key", key_id), ("org", org_id), ("plan", org_id)]
-    if project_id:
-        scopes.append(("project", project_id))
-    return scopes
+def _unavailable(exc: LimiterUnavailable) -> Unavailable:
+    return Unavailable(f"rate limits unavailable ({exc}); try again", code="service_unavailable")
 
 
 class Admissions:
-    """Admit, settle and expire reservations; owns the in-memory rate-limit state."""
+    """Admit, settle, renew and expire reservations; the windows live in `limiter`
+    (the embedded `MemoryLimiter` on `clock` unless one is given)."""
 
     def __init__(
         self,
@@ -128,18 +154,30 @@ class Admissions:
         *,
         clock: Callable[[], float],
         reservation_ttl_s: float,
+        limiter: Limiter | None = None,
     ) -> None:
         self._engine = engine
         self._tx = Transactions(engine)
         self._plans = plans
         self._clock = clock
         self._ttl_s = reservation_ttl_s
-        self.limiter = RateLimiter()
-        # Admitted and not yet settled or expired: what each holds in the windows.
-        self._inflight: dict[str, Ticket] = {}
+        self.limiter = limiter if limiter is not None else MemoryLimiter(clock)
+
+    @property
+    def _lease_ms(self) -> int:
+        # A concurrency slot lasts as long as the reservation: both end together unless renewed.
+        return int(self._ttl_s * 1000)
 
     def close(self) -> None:
         self._tx.close()
+
+    async def _correct(self, what: str, reservation_id: str, step: Awaitable[None]) -> None:
+        """Runs a window correction after the ledger committed; a failure is logged, not raised:
+        the record is what must not be lost, and the limiter's entries end by themselves."""
+        try:
+            await step
+        except LimiterUnavailable as exc:
+            log.warning("could not %s %s in the rate limits: %s", what, reservation_id, exc)
 
     async def admit(
         self,
@@ -186,17 +224,20 @@ class Admissions:
             "provider": provider,
         }
 
-        now = self._clock()
         reservation_id = "res_" + secrets.token_hex(12)
-        ticket: Ticket | None = None
         state = RateLimitState()
+        scopes: list[Scope] = [(lim.scope, lim.scope_id) for lim in limits]
         if limits:
             try:
-                ticket, state = self.limiter.acquire(limits, reserve, now)
+                state = await self.limiter.acquire(
+                    reservation_id, org_id, limits, reserve, self._lease_ms
+                )
+            except LimiterUnavailable as exc:
+                raise _unavailable(exc) from None
             except Refusal:
-                await self._record_refusal(refused, now)
+                await self._record_refusal(refused, self._clock())
                 raise
-            self._inflight[reservation_id] = ticket
+        now = self._clock()
         row = {
             "id": reservation_id,
             "org_id": org_id,
@@ -222,14 +263,17 @@ class Admissions:
             # Its first statement writes (a budget UPDATE or the reservation INSERT).
             await self._tx.run(hold_and_record, write_first=True)
         except BaseException as exc:
-            if ticket is not None:
-                self._inflight.pop(reservation_id, None)
-                self.limiter.undo(ticket)
+            if limits:
+                await self._correct(
+                    "undo", reservation_id, self.limiter.undo(reservation_id, org_id, scopes)
+                )
             if isinstance(exc, Refusal):
-                exc.metadata.update(self.limiter.state(limits, now).headers())
+                # Without the limiter, the refusal stands without the rate-limit values.
+                with contextlib.suppress(LimiterUnavailable):
+                    exc.metadata.update((await self.limiter.state(org_id, limits)).headers())
                 await self._record_refusal(refused, now)
             raise
-        return Admitted(reservation_id, state, max_context, reserve)
+        return Admitted(reservation_id, state, max_context, reserve, now + self._ttl_s)
 
     async def _record_refusal(self, fields: dict[str, Any], now: float) -> None:
         """Writes the "rejected" record of a refused admission; a failure is logged, not raised,
@@ -294,7 +338,11 @@ class Admissions:
             "provider": provider,
         }
 
+        # The principal of a reservation this settle closed: its windows are corrected after.
+        closed: list[tuple[str, str, str]] = []
+
         def charge(conn: Connection) -> UsageRecord:
+            closed.clear()
             if reservation_id:
                 # Conditional, so exactly one of settle and expiry gives the holds back.
                 close = {"rid": reservation_id, "closed_at": _utc(now)}
@@ -314,6 +362,8 @@ class Admissions:
                         fields[name] = fields[name] or res[name]
                     holds = budgets.decode_holds(res["holds"])
                     budgets.settle(conn, holds, actual, release=release)
+                    if release:
+                        closed.append((res["org_id"], res["project_id"], res["key_id"]))
             record = new_record(
                 now=now,
                 reservation_id=reservation_id or None,
@@ -339,9 +389,44 @@ class Admissions:
             if reservation_id and (done := await self.by_reservation(reservation_id)):
                 return done
             raise
-        if reservation_id and (ticket := self._inflight.pop(reservation_id, None)):
-            self.limiter.settle(ticket, actual)
+        for org, project, key in closed:
+            scopes = request_scopes(org, project, key)
+            await self._correct(
+                "settle", reservation_id, self.limiter.settle(reservation_id, org, scopes, actual)
+            )
         return record
+
+    async def renew(self, reservation_id: str) -> float:
+        """Extends an open reservation by the reservation lifetime from now: its holds stay and
+        its concurrency slots are renewed. Returns when it now expires (unix seconds).
+
+        Raises `NotFound` when it is settled, expired or unknown; `Unavailable` when the
+        rate-limit store cannot be reached (the reservation itself was extended).
+        """
+        _require(reservation_id, "reservation_id")
+        now = self._clock()
+        expires = now + self._ttl_s
+        params = {"rid": reservation_id, "now": _utc(now), "expires_at": _utc(expires)}
+
+        def extend(conn: Connection) -> tuple[str, str, str] | None:
+            row = conn.execute(RENEW_RESERVATION, params).one_or_none()
+            return None if row is None else (row[0], row[1], row[2])
+
+        principal = await self._tx.run(extend, write_first=True)
+        if principal is None:
+            raise NotFound(
+                f"reservation {reservation_id} is not open (settled, expired or unknown)",
+                code="reservation_not_open",
+                param="reservation_id",
+            )
+        org, project, key = principal
+        try:
+            await self.limiter.renew(
+                reservation_id, org, request_scopes(org, project, key), self._lease_ms
+            )
+        except LimiterUnavailable as exc:
+            raise _unavailable(exc) from None
+        return expires
 
     async def by_reservation(self, reservation_id: str) -> UsageRecord | None:
         async with self._engine.connect() as conn:
@@ -389,7 +474,7 @@ class Admissions:
             # next sweep.
             if len(rows) < EXPIRE_BATCH or not done:
                 break
-        self.limiter.compact(now)
+        await self.limiter.compact()
         return expired
 
     async def _expire(self, row: Mapping[Any, Any], now: float) -> int:
@@ -415,8 +500,10 @@ class Admissions:
 
         if not await self._tx.run(release, write_first=True):
             return 0
-        if (ticket := self._inflight.pop(reservation_id, None)) is not None:
-            self.limiter.release(ticket)
+        scopes = request_scopes(row["org_id"], row["project_id"], row["key_id"])
+        await self._correct(
+            "release", reservation_id, self.limiter.release(reservation_id, row["org_id"], scopes)
+        )
         log.info("reservation %s expired unsettled; its holds were released", reservation_id)
         return 1
 
@@ -437,10 +524,7 @@ class Admissions:
                     )
                 )
             ).all()
-        counted = 0
-        for rid, org_id, project_id, key_id in rows:
-            if rid in self._inflight:
-                continue
-            self._inflight[rid] = self.limiter.recount(_scopes(org_id, project_id, key_id))
-            counted += 1
-        return counted
+        return await self.limiter.recover(
+            (rid, org_id, request_scopes(org_id, project_id, key_id))
+            for rid, org_id, project_id, key_id in rows
+        )

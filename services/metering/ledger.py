@@ -21,6 +21,7 @@ from services.metering import budgets
 from services.metering.admission import Admissions, Admitted
 from services.metering.budgets import BudgetState
 from services.metering.plans import PlanStore, Quota
+from services.metering.ratelimit import Limiter
 from services.metering.records import USAGE, UsageRecord, from_row
 
 __all__ = ["Admitted", "BudgetState", "Ledger", "UsageRecord", "UsageTotal"]
@@ -71,8 +72,8 @@ def _filters(
 class Ledger:
     """Admission, settlement, plans, policies, budgets and the usage ledger over one database.
 
-    `clock` (unix seconds) stamps records, places budget periods and drives the rate-limit
-    windows; tests pass a fake one.
+    `clock` (unix seconds) stamps records, places budget periods and drives the embedded
+    rate-limit windows; tests pass a fake one. `limiter` keeps the windows elsewhere (Redis).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class Ledger:
         *,
         clock: Callable[[], float] = time.time,
         reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S,
+        limiter: Limiter | None = None,
     ) -> None:
         if reservation_ttl_s <= 0:
             raise ValueError("reservation_ttl_s must be positive")
@@ -89,11 +91,12 @@ class Ledger:
         self.reservation_ttl_s = reservation_ttl_s
         self.plans = PlanStore(engine)
         self.admissions = Admissions(
-            engine, self.plans, clock=clock, reservation_ttl_s=reservation_ttl_s
+            engine, self.plans, clock=clock, reservation_ttl_s=reservation_ttl_s, limiter=limiter
         )
         # The domain operations, as the servicer and tests call them.
         self.admit = self.admissions.admit
         self.settle = self.admissions.settle
+        self.renew = self.admissions.renew
         self.expire_stale = self.admissions.expire_stale
         self.recover = self.admissions.recover
         self.put_plan = self.plans.put_plan
@@ -104,6 +107,11 @@ class Ledger:
     def close(self) -> None:
         """Ends what the ledger holds besides the engine (SQLite's writer thread)."""
         self.admissions.close()
+
+    async def aclose(self) -> None:
+        """`close()`, and the rate limiter's connections."""
+        self.close()
+        await self.admissions.limiter.close()
 
     async def query_usage(
         self,

@@ -1,23 +1,29 @@
-"""Requests and tokens per minute and concurrent requests, in sliding 60-second windows in memory.
+"""Requests and tokens per minute and concurrent requests: what every rate limiter decides alike.
 
-One metering process owns these windows for every edge, so they need no database round trip.
-Every method is synchronous: checking all windows and recording the request happen without an
-await in between, which makes each admission atomic with respect to the event loop.
+Two limiters keep the windows: `memory_limits.MemoryLimiter` in one metering process (the
+embedded default) and `redis_limits.RedisLimiter` in Redis, shared by every metering replica.
+Both reduce a scope's window to a `WindowView` (what the check saw, in whole milliseconds) and
+refuse by the same rule; the refusal's message, retry-after and x-ratelimit-* values are built
+here from those views, so both limiters answer a client identically.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from services.common.ratelimits import format_reset, rate_limit_headers
 from services.metering.refusals import Refusal
 
-WINDOW_S = 60.0
+WINDOW_MS = 60_000
 # Nobody can say when an in-flight request will finish; a second is a polite first retry.
 CONCURRENCY_RETRY_S = 1
+
+# A scope a reservation may count in: ("key", key_id), ("project", project_id),
+# ("org", org_id) or ("plan", org_id).
+Scope = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -58,48 +64,41 @@ class RateLimitState:
         )
 
 
-class _Entry:
-    """One admitted request in a window: when, and how many tokens it counts for."""
+@dataclass(frozen=True)
+class WindowView:
+    """One scope's last minute as a check saw it, before the request was recorded.
 
-    __slots__ = ("t", "n", "live")
+    The waits are only meaningful for a limit the request breaks: `rpm_wait_ms` until enough of
+    the oldest requests leave for one more to fit, `tpm_wait_ms` until enough of their tokens
+    leave for this request's tokens to fit.
+    """
 
-    def __init__(self, t: float, n: int) -> None:
-        self.t = t
-        self.n = n
-        self.live = True  # False once it left (or was taken out of) its window
+    requests: int
+    tokens: int
+    inflight: int
+    reset_ms: int  # until the oldest entry leaves the window; 0 when it is empty
+    rpm_wait_ms: int = 0
+    tpm_wait_ms: int = 0
 
-
-class _Window:
-    """One scope's last minute of requests and its requests in flight."""
-
-    __slots__ = ("entries", "tokens", "inflight")
-
-    def __init__(self) -> None:
-        self.entries: deque[_Entry] = deque()
-        self.tokens = 0
-        self.inflight = 0
-
-    def prune(self, now: float) -> None:
-        horizon = now - WINDOW_S
-        entries = self.entries
-        while entries and entries[0].t <= horizon:
-            gone = entries.popleft()
-            gone.live = False
-            self.tokens -= gone.n
-
-    def reset_ms(self, now: float) -> int:
-        """Milliseconds until the oldest entry leaves the window (0 when it is empty)."""
-        if not self.entries:
-            return 0
-        return max(0, math.ceil((self.entries[0].t + WINDOW_S - now) * 1000))
+    def recorded(self, tokens: int) -> WindowView:
+        """The view once a request of `tokens` was recorded now."""
+        return replace(
+            self,
+            requests=self.requests + 1,
+            tokens=self.tokens + tokens,
+            inflight=self.inflight + 1,
+            reset_ms=self.reset_ms if self.requests else WINDOW_MS,
+        )
 
 
-@dataclass
-class Ticket:
-    """What one admitted request holds in the windows until it settles or expires."""
-
-    windows: list[_Window] = field(default_factory=list)
-    entries: list[tuple[_Window, _Entry]] = field(default_factory=list)
+def breaks(lim: Limits, view: WindowView, tokens: int) -> bool:
+    """Whether one more request of `tokens` would break any of the scope's limits. The Redis
+    script applies the same rule (`redis_limits.ADMIT`)."""
+    return bool(
+        (lim.rpm and view.requests + 1 > lim.rpm)
+        or (lim.tpm and view.tokens + tokens > lim.tpm)
+        or (lim.max_concurrent and view.inflight + 1 > lim.max_concurrent)
+    )
 
 
 @dataclass(frozen=True)
@@ -108,144 +107,55 @@ class _Violation:
     retry_after: int
 
 
-class RateLimiter:
-    """The windows of every scope that has limits, keyed by (scope, scope_id)."""
-
-    def __init__(self) -> None:
-        self._windows: dict[tuple[str, str], _Window] = {}
-
-    def _window(self, scope: str, scope_id: str) -> _Window:
-        key = (scope, scope_id)
-        window = self._windows.get(key)
-        if window is None:
-            window = self._windows[key] = _Window()
-        return window
-
-    def acquire(
-        self, limits: Sequence[Limits], tokens: int, now: float
-    ) -> tuple[Ticket, RateLimitState]:
-        """Checks every scope's limits and, when all allow it, records the request in each.
-
-        `tokens` is what the request may use (its reservation); settle corrects it to the
-        actual total. Returns the ticket to release later and the state after recording.
-        Raises `Refusal` ("rate_limit_exceeded") and records nothing when any limit refuses.
-        """
-        active = [lim for lim in limits if lim.active]
-        windows = [self._window(lim.scope, lim.scope_id) for lim in active]
-        violations: list[_Violation] = []
-        for lim, window in zip(active, windows, strict=True):
-            window.prune(now)
-            violations.extend(_check(lim, window, tokens, now))
-        if violations:
-            worst = max(violations, key=lambda v: v.retry_after)
-            raise Refusal(
-                worst.message,
-                code="rate_limit_exceeded",
-                retry_after=worst.retry_after,
-                metadata=_state(active, windows, now).headers(),
-            )
-        ticket = Ticket()
-        for window in windows:
-            entry = _Entry(now, tokens)
-            window.entries.append(entry)
-            window.tokens += tokens
-            window.inflight += 1
-            ticket.windows.append(window)
-            ticket.entries.append((window, entry))
-        return ticket, _state(active, windows, now)
-
-    def state(self, limits: Sequence[Limits], now: float) -> RateLimitState:
-        """The tightest limit's values without recording anything."""
-        active = [lim for lim in limits if lim.active]
-        windows = [self._window(lim.scope, lim.scope_id) for lim in active]
-        for window in windows:
-            window.prune(now)
-        return _state(active, windows, now)
-
-    def recount(self, scopes: Iterable[tuple[str, str]]) -> Ticket:
-        """Counts a request already in flight (found in the database on start) in each scope."""
-        ticket = Ticket()
-        for scope, scope_id in scopes:
-            window = self._window(scope, scope_id)
-            window.inflight += 1
-            ticket.windows.append(window)
-        return ticket
-
-    @staticmethod
-    def settle(ticket: Ticket, actual_tokens: int) -> None:
-        """The request finished: it counts its actual tokens (if still in the window), not the
-        reservation, and no longer counts as in flight."""
-        for window, entry in ticket.entries:
-            if entry.live:
-                window.tokens += actual_tokens - entry.n
-                entry.n = actual_tokens
-        RateLimiter.release(ticket)
-
-    @staticmethod
-    def release(ticket: Ticket) -> None:
-        """The request is no longer in flight (its window entries stay, as a sent request)."""
-        for window in ticket.windows:
-            window.inflight = max(0, window.inflight - 1)
-        ticket.windows.clear()
-
-    @staticmethod
-    def undo(ticket: Ticket) -> None:
-        """The request was refused after all (by a budget): as if it never came."""
-        for window, entry in ticket.entries:
-            if entry.live:
-                window.entries.remove(entry)
-                window.tokens -= entry.n
-                entry.live = False
-        ticket.entries.clear()
-        RateLimiter.release(ticket)
-
-    def compact(self, now: float) -> None:
-        """Forgets scopes with nothing in their window and nothing in flight (bounds memory)."""
-        for key, window in list(self._windows.items()):
-            window.prune(now)
-            if not window.entries and window.inflight == 0:
-                del self._windows[key]
-
-    def inflight(self, scope: str, scope_id: str) -> int:
-        window = self._windows.get((scope, scope_id))
-        return window.inflight if window else 0
+def refusal(limits: Sequence[Limits], views: Sequence[WindowView], tokens: int) -> Refusal | None:
+    """The refusal of a request of `tokens` (the worst limit's retry-after, the state as it
+    stood), or None when every scope allows it."""
+    violations: list[_Violation] = []
+    for lim, view in zip(limits, views, strict=True):
+        violations.extend(_violations(lim, view, tokens))
+    if not violations:
+        return None
+    worst = max(violations, key=lambda v: v.retry_after)
+    return Refusal(
+        worst.message,
+        code="rate_limit_exceeded",
+        retry_after=worst.retry_after,
+        metadata=state(limits, views).headers(),
+    )
 
 
-def _check(lim: Limits, window: _Window, tokens: int, now: float) -> list[_Violation]:
+def _violations(lim: Limits, view: WindowView, tokens: int) -> list[_Violation]:
     found = []
-    used = len(window.entries)
-    if lim.rpm and used + 1 > lim.rpm:
-        # The request fits once enough of the oldest entries have left the window.
-        wait = window.entries[used - lim.rpm].t + WINDOW_S - now if used >= lim.rpm else 0.0
-        retry = _whole_seconds(wait)
+    if lim.rpm and view.requests + 1 > lim.rpm:
+        retry = _whole_seconds(view.rpm_wait_ms)
         found.append(
             _Violation(
                 f"Rate limit reached for requests per minute (RPM) on {lim.label}: "
-                f"Limit {lim.rpm}, Used {used}, Requested 1. "
+                f"Limit {lim.rpm}, Used {view.requests}, Requested 1. "
                 f"Please try again in {format_reset(retry * 1000)}.",
                 retry,
             )
         )
-    if lim.tpm and window.tokens + tokens > lim.tpm:
+    if lim.tpm and view.tokens + tokens > lim.tpm:
         if tokens > lim.tpm:
-            retry = int(WINDOW_S)
+            retry = WINDOW_MS // 1000
             message = (
                 f"Request too large for tokens per minute (TPM) on {lim.label}: "
                 f"Limit {lim.tpm}, Requested {tokens}. Lower the prompt or max_tokens."
             )
         else:
-            retry = _whole_seconds(_tokens_wait(window, tokens, lim.tpm, now))
+            retry = _whole_seconds(view.tpm_wait_ms)
             message = (
                 f"Rate limit reached for tokens per minute (TPM) on {lim.label}: "
-                f"Limit {lim.tpm}, Used {window.tokens}, Requested {tokens}. "
+                f"Limit {lim.tpm}, Used {view.tokens}, Requested {tokens}. "
                 f"Please try again in {format_reset(retry * 1000)}."
             )
         found.append(_Violation(message, retry))
-    if lim.max_concurrent and window.inflight + 1 > lim.max_concurrent:
+    if lim.max_concurrent and view.inflight + 1 > lim.max_concurrent:
         found.append(
             _Violation(
                 f"Rate limit reached for concurrent requests on {lim.label}: "
-                f"Limit {lim.max_concurrent}, Used {window.inflight}, Requested 1. "
+                f"Limit {lim.max_concurrent}, Used {view.inflight}, Requested 1. "
                 f"Please try again in {format_reset(CONCURRENCY_RETRY_S * 1000)}.",
                 CONCURRENCY_RETRY_S,
             )
@@ -253,42 +163,111 @@ def _check(lim: Limits, window: _Window, tokens: int, now: float) -> list[_Viola
     return found
 
 
-def _tokens_wait(window: _Window, tokens: int, tpm: int, now: float) -> float:
-    """Seconds until enough of the oldest entries leave for `tokens` more to fit."""
-    excess = window.tokens + tokens - tpm
-    for entry in window.entries:
-        excess -= entry.n
-        if excess <= 0:
-            return entry.t + WINDOW_S - now
-    return WINDOW_S
+def _whole_seconds(wait_ms: int) -> int:
+    return max(1, math.ceil(wait_ms / 1000))
 
 
-def _whole_seconds(wait: float) -> int:
-    return max(1, math.ceil(wait))
-
-
-def _state(limits: Sequence[Limits], windows: Sequence[_Window], now: float) -> RateLimitState:
+def state(limits: Sequence[Limits], views: Sequence[WindowView]) -> RateLimitState:
     """The least remaining requests and tokens among the scopes, each with its window's reset."""
     best_req: tuple[int, int, int] | None = None  # (remaining, limit, reset_ms)
     best_tok: tuple[int, int, int] | None = None
-    for lim, window in zip(limits, windows, strict=True):
+    for lim, view in zip(limits, views, strict=True):
         if lim.rpm:
-            req = (max(0, lim.rpm - len(window.entries)), lim.rpm, window.reset_ms(now))
+            req = (max(0, lim.rpm - view.requests), lim.rpm, view.reset_ms)
             if best_req is None or req[0] < best_req[0]:
                 best_req = req
         if lim.tpm:
-            tok = (max(0, lim.tpm - window.tokens), lim.tpm, window.reset_ms(now))
+            tok = (max(0, lim.tpm - view.tokens), lim.tpm, view.reset_ms)
             if best_tok is None or tok[0] < best_tok[0]:
                 best_tok = tok
-    state = RateLimitState()
+    result = RateLimitState()
     if best_req is not None:
         remaining, limit, reset = best_req
-        state = replace(
-            state, limit_requests=limit, remaining_requests=remaining, reset_requests_ms=reset
+        result = replace(
+            result, limit_requests=limit, remaining_requests=remaining, reset_requests_ms=reset
         )
     if best_tok is not None:
         remaining, limit, reset = best_tok
-        state = replace(
-            state, limit_tokens=limit, remaining_tokens=remaining, reset_tokens_ms=reset
+        result = replace(
+            result, limit_tokens=limit, remaining_tokens=remaining, reset_tokens_ms=reset
         )
-    return state
+    return result
+
+
+class LimiterUnavailable(Exception):
+    """The limiter's store cannot be reached; admission fails closed (UNAVAILABLE)."""
+
+
+class Limiter(ABC):
+    """Where the windows live. Each admission is one atomic check-and-record.
+
+    A reservation counts once in every scope whose limits are active when it is admitted: one
+    entry in the scope's 60-second window (a request, and the tokens it reserved) and one
+    request in flight until it settles, expires or is undone. Settlement, expiry, undo and
+    renewal name the reservation and every scope it may count in (`Scope`s); a scope it does
+    not count in is left alone.
+    """
+
+    @abstractmethod
+    async def acquire(
+        self,
+        reservation_id: str,
+        org_id: str,
+        limits: Sequence[Limits],
+        tokens: int,
+        lease_ms: int,
+    ) -> RateLimitState:
+        """Checks every scope's limits and, when all allow it, records the request in each.
+
+        `tokens` is what the request may use (its reservation); settle corrects it to the
+        actual total. `lease_ms` is how long its concurrency slot lasts unless renewed (a
+        limiter whose slots live in the process may hold them until settle or expiry instead).
+        Returns the state after recording. Raises `Refusal` ("rate_limit_exceeded") and records
+        nothing when any limit refuses; `LimiterUnavailable` when its store is unreachable.
+        """
+
+    @abstractmethod
+    async def state(self, org_id: str, limits: Sequence[Limits]) -> RateLimitState:
+        """The tightest limit's values without recording anything."""
+
+    @abstractmethod
+    async def settle(
+        self, reservation_id: str, org_id: str, scopes: Sequence[Scope], actual_tokens: int
+    ) -> None:
+        """The request finished: it counts its actual tokens (if still in the window), not the
+        reservation, and no longer counts as in flight."""
+
+    @abstractmethod
+    async def release(self, reservation_id: str, org_id: str, scopes: Sequence[Scope]) -> None:
+        """The request is no longer in flight (its window entries stay, as a sent request)."""
+
+    @abstractmethod
+    async def undo(self, reservation_id: str, org_id: str, scopes: Sequence[Scope]) -> None:
+        """The request was refused after all (by a budget): as if it never came."""
+
+    @abstractmethod
+    async def renew(
+        self, reservation_id: str, org_id: str, scopes: Sequence[Scope], lease_ms: int
+    ) -> None:
+        """Extends the request's concurrency slots by `lease_ms` from now."""
+
+    @abstractmethod
+    async def recover(self, inflight: Iterable[tuple[str, str, Sequence[Scope]]]) -> int:
+        """Counts requests found open in the database on start, (reservation_id, org_id,
+        scopes), that the windows do not know of; returns how many it counted."""
+
+    @abstractmethod
+    async def compact(self) -> None:
+        """Forgets what no window needs any more (bounds memory)."""
+
+    async def close(self) -> None:
+        """Releases connections; the default holds none."""
+        return None
+
+
+def request_scopes(org_id: str, project_id: str, key_id: str) -> list[Scope]:
+    """Every scope a request of this principal may count in."""
+    scopes: list[Scope] = [("key", key_id), ("org", org_id), ("plan", org_id)]
+    if project_id:
+        scopes.append(("project", project_id))
+    return scopes

@@ -119,6 +119,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             rate_limits=encode_rate_limits(admitted.rate_limits),
             max_context=admitted.max_context,
             reserved_tokens=admitted.reserved_tokens,
+            expires_ms=int(admitted.expires_at * 1000),
         )
 
     async def Settle(
@@ -142,6 +143,12 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             provider=request.provider,
         )
         return metering_pb2.SettleResponse(record=encode_record(record))
+
+    async def RenewReservation(
+        self, request: metering_pb2.RenewReservationRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.RenewReservationResponse:
+        expires = await self._ledger.renew(request.reservation_id)
+        return metering_pb2.RenewReservationResponse(expires_ms=int(expires * 1000))
 
     async def QueryUsage(
         self, request: metering_pb2.QueryUsageRequest, context: grpc.aio.ServicerContext

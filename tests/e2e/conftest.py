@@ -22,6 +22,7 @@ from bench import stack as launcher
 from tests.conftest import DEFAULT_PG_DSN
 from tests.e2e.processes import Services, create_key, run_cli
 from tests.e2e.providers import control, provider_secret
+from tests.throwaway_redis import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,20 +136,49 @@ def gov(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         yield services
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The fleet's own Redis (a test stops and restarts it)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
+) -> Iterator[Services]:
+    """Replicas of everything on PostgreSQL and Redis: auth, two meterings sharing the
+    rate-limit windows in Redis, two engines, and two edges pointed at both of each."""
+    env = {"SLUICE_REDIS_URL": redis_server.url, "SLUICE_REDIS_TIMEOUT_S": "0.5"}
+    with services_on_postgres(
+        tmp_path_factory.mktemp("fleet"),
+        env,
+        {"edge": "127.0.0.1", "edge-b": "127.0.0.1"},
+        replicas={"metering": 2, "engine": 2},
+    ) as services:
+        yield services
+
+
 @contextmanager
 def services_on_postgres(
     tmp: Path,
     extra_env: Mapping[str, str],
     edges: Mapping[str, str] = {"edge": "127.0.0.1"},
     fakes: bool = False,
+    replicas: Mapping[str, int] = {},
 ) -> Iterator[Services]:
-    """The services as separate processes over a fresh PostgreSQL database, dropped after."""
+    """The services as separate processes over a fresh PostgreSQL database, dropped after;
+    `replicas` as for `Services.start_all`."""
     url, drop = create_pg_database(os.environ.get("SLUICE_TEST_PG_DSN", DEFAULT_PG_DSN))
     services = Services.create(tmp, url, extra_env)
     try:
         if fakes:
             services.start_fakes()
-        services.start_all(edges)
+        services.start_all(edges, replicas)
         yield services
     finally:
         services.stop_all()

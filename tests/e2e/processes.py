@@ -3,7 +3,8 @@
 `sluice up` supervises its four children and stops them all when one dies, which is right for a
 developer and wrong for tests of what happens when one service dies: those start each service
 with the same command (`python -m services.<name>`) and environment that `sluice up` uses, plus
-any number of extra edges sharing the same auth, metering and engine.
+any number of named replicas of any service ("edge-b", "metering-b", ...), each on a port of its
+own, which the edges (and the CLI) then reach through the multi-address settings.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ from bench import stack as launcher
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 180.0
 ADMIN_TOKEN = "sluice-admin-test-token"
+SERVICES = ("auth", "metering", "engine", "edge")
+
+
+def module_of(name: str) -> str:
+    """The service a process name runs: "metering-b" runs `services.metering`."""
+    module = name.split("-", 1)[0]
+    if module not in SERVICES:
+        raise ValueError(f"{name!r} names no service")
+    return module
 
 
 @dataclass
@@ -48,11 +58,15 @@ class Edge:
 
 @dataclass
 class Services:
-    """auth, metering and engine plus named edges, each its own process with its own log file."""
+    """auth, metering and engine plus named edges and replicas, each its own process with its own
+    log file."""
 
     tmp: Path
     env: dict[str, str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # The environment each process was first started with beyond `env` (its own port), so that
+    # a restart comes back at the same address.
+    own_env: dict[str, dict[str, str]] = field(default_factory=dict)
     edges: dict[str, Edge] = field(default_factory=dict)
     fakes: dict[str, str] = field(default_factory=dict)  # provider -> control base URL
 
@@ -73,9 +87,12 @@ class Services:
         return "".join(self.log(name) for name in self.procs)
 
     def start(self, name: str, **env: str) -> None:
-        """Starts `python -m services.<name>` (edges: "edge", "edge-b", ...); waits until ready."""
-        module = "edge" if name.startswith("edge") else name
-        proc_env = {**self.env, **env}
+        """Starts `python -m services.<module>` for `name` ("edge", "edge-b", "metering-b", ...;
+        see `module_of`) and waits until it is ready; a restart keeps its first address."""
+        module = module_of(name)
+        own = self.own_env.setdefault(name, {})
+        own.update(env)
+        proc_env = {**self.env, **own}
         with open(self.tmp / f"{name}.log", "ab") as out:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", f"services.{module}"],
@@ -112,9 +129,18 @@ class Services:
             self.env[var] = url + suffix
             self._wait(name, lambda url=url: _http_ok(url + "/_control/script"))
 
-    def start_all(self, edges: Mapping[str, str] = {"edge": "127.0.0.1"}) -> None:
+    def start_all(
+        self, edges: Mapping[str, str] = {"edge": "127.0.0.1"}, replicas: Mapping[str, int] = {}
+    ) -> None:
+        """auth, metering and engine (`replicas[name]` of each, default one), then the edges,
+        pointed at every replica through the comma-separated address settings."""
         for name in ("auth", "metering", "engine"):
-            self.start(name)
+            var = f"SLUICE_{name.upper()}_ADDR"
+            addrs = [self.env[var]]
+            addrs += [f"127.0.0.1:{launcher.free_port()}" for _ in range(replicas.get(name, 1) - 1)]
+            for i, addr in enumerate(addrs):
+                self.start(name if i == 0 else f"{name}-{chr(ord('a') + i)}", **{var: addr})
+            self.env[var] = ",".join(addrs)
         for i, (name, host) in enumerate(edges.items()):
             port = self.env["SLUICE_EDGE_PORT"] if i == 0 else str(launcher.free_port())
             self.start(name, SLUICE_EDGE_HOST=host, SLUICE_EDGE_PORT=port)

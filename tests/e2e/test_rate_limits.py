@@ -1,5 +1,8 @@
 """Rate limits through the running stack: requests and tokens per minute with OpenAI's
-x-ratelimit-* headers, concurrency, and an organization's plan as a ceiling that changes at once."""
+x-ratelimit-* headers, concurrency, and an organization's plan as a ceiling that changes at once.
+
+The limits run on both kinds of window: one metering process's memory (`gov`) and Redis shared
+by two metering replicas behind two edges (`fleet`)."""
 
 from __future__ import annotations
 
@@ -15,16 +18,23 @@ MODEL = "smollm2-135m-instruct"
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
+@pytest.fixture(params=["gov", "fleet"])
+def limited(request: pytest.FixtureRequest) -> Services:
+    """The stack whose limits are tested: in-memory windows, or Redis across replicas."""
+    services: Services = request.getfixturevalue(request.param)
+    return services
+
+
 def raw(client: OpenAI, max_tokens: int = 1) -> openai.APIResponse:  # type: ignore[type-arg]
     return client.chat.completions.with_raw_response.create(
         model=MODEL, messages=MESSAGES, max_tokens=max_tokens, temperature=0
     )
 
 
-def test_rpm_sixth_request_is_refused_after_correct_headers(gov: Services, org: str) -> None:
-    key = gov.new_key(org, "rpm", "--rpm", "5")
+def test_rpm_sixth_request_is_refused_after_correct_headers(limited: Services, org: str) -> None:
+    key = limited.new_key(org, "rpm", "--rpm", "5")
     # Both edges count against the same limit: it lives in metering.
-    edges = [gov.edges["edge"].base_url, gov.edges["edge-b"].base_url]
+    edges = [limited.edges["edge"].base_url, limited.edges["edge-b"].base_url]
     seen = []
     for i in range(5):
         with OpenAI(base_url=edges[i % 2], api_key=key, max_retries=0) as client:
@@ -50,11 +60,11 @@ def test_rpm_sixth_request_is_refused_after_correct_headers(gov: Services, org: 
     assert "requests per minute" in exc.message.lower()
 
 
-def test_tpm_refuses_once_reserved_tokens_exceed_the_limit(gov: Services, org: str) -> None:
-    key = gov.new_key(org, "tpm", "--tpm", "600")
+def test_tpm_refuses_once_reserved_tokens_exceed_the_limit(limited: Services, org: str) -> None:
+    key = limited.new_key(org, "tpm", "--tpm", "600")
     remaining = []
     with (
-        OpenAI(base_url=gov.edges["edge"].base_url, api_key=key, max_retries=0) as client,
+        OpenAI(base_url=limited.edges["edge"].base_url, api_key=key, max_retries=0) as client,
         pytest.raises(openai.RateLimitError) as err,
     ):
         for _ in range(20):
@@ -68,9 +78,9 @@ def test_tpm_refuses_once_reserved_tokens_exceed_the_limit(gov: Services, org: s
     assert int(err.value.response.headers["retry-after"]) >= 1
 
 
-def test_concurrent_requests_beyond_the_limit_are_refused(gov: Services, org: str) -> None:
-    key = gov.new_key(org, "conc", "--max-concurrent", "1")
-    base = gov.edges["edge"].base_url
+def test_concurrent_requests_beyond_the_limit_are_refused(limited: Services, org: str) -> None:
+    key = limited.new_key(org, "conc", "--max-concurrent", "1")
+    base = limited.edges["edge"].base_url
     with OpenAI(base_url=base, api_key=key, max_retries=0) as client:
         started = threading.Event()
 
@@ -92,6 +102,8 @@ def test_concurrent_requests_beyond_the_limit_are_refused(gov: Services, org: st
 
 
 def test_plan_is_a_ceiling_and_a_change_applies_at_once(gov: Services, org: str) -> None:
+    # "At once" on the replica that wrote it; the others see it within their plan cache's
+    # second (services/metering/plans.py), so this runs on one metering.
     plan = f"tiny-{org[-6:]}"
     gov.cli("plans", "set", plan, "--rpm", "2", "--monthly-tokens", "1000000")
     gov.cli("orgs", "create", org, "--plan", plan)

@@ -195,3 +195,26 @@ async def test_query_filter_and_summary(metering_addr: str) -> None:
         ("p1", 2, 24),
         ("p2", 1, 12),
     ]
+
+
+async def test_renew_reservation_extends_it_until_settled(metering_addr: str) -> None:
+    async with grpc.aio.insecure_channel(metering_addr) as channel:
+        stub = metering_pb2_grpc.MeteringServiceStub(channel)
+        admitted = await stub.Admit(
+            metering_pb2.AdmitRequest(
+                org_id="org1", key_id="key_1", model="m", upper_bound_tokens=8
+            )
+        )
+        assert admitted.expires_ms > 0
+        renewed = await stub.RenewReservation(
+            metering_pb2.RenewReservationRequest(reservation_id=admitted.reservation_id)
+        )
+        assert renewed.expires_ms >= admitted.expires_ms
+        await stub.Settle(settle_request(admitted.reservation_id))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RenewReservation(
+                metering_pb2.RenewReservationRequest(reservation_id=admitted.reservation_id)
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        trailing = dict(err.value.trailing_metadata() or ())
+        assert trailing[ERROR_CODE_KEY] == "reservation_not_open"
