@@ -108,6 +108,11 @@ class Sampler:
         if self.greedy:
             return int(np.argmax(scores))
         scores = scores / self.temperature
+        if not 0 < self.top_k < scores.shape[0] and self.top_p >= 1.0:
+            # Nothing is cut, so the order does not matter: no sort of the whole vocabulary.
+            probs = np.exp(scores - scores.max())
+            probs /= probs.sum()
+            return int(self.rng.choice(probs.shape[0], p=probs))
         if 0 < self.top_k < scores.shape[0]:
             idx = np.argpartition(scores, -self.top_k)[-self.top_k :]
         else:

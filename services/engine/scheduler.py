@@ -237,8 +237,18 @@ class Scheduler:
         for seq in self._running():
             if seq.cancelled:
                 self.slots[seq.slot] = None
-        if any(s.cancelled for s in self.waiting):
-            self.waiting = collections.deque(s for s in self.waiting if not s.cancelled)
+        if any(m.cancelled for s in self.waiting for m in s.group):
+            kept: collections.deque[Sequence] = collections.deque()
+            for seq in self.waiting:
+                # A group whose leader alone was cancelled keeps its other choices.
+                group = [m for m in seq.group if not m.cancelled]
+                if group:
+                    head = group[0]
+                    head.leader, head.followers = None, group[1:]
+                    for follower in head.followers:
+                        follower.leader = head
+                    kept.append(head)
+            self.waiting = kept
 
     def _admit(self) -> None:
         """Moves waiting sequences (a request's choices together) into free slots, lowest first
