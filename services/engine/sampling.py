@@ -78,8 +78,7 @@ class Sampler:
             if self.greedy:
                 return Sampled(int(np.argmax(logits)))
             return Sampled(self._draw(logits.astype(np.float64)))
-        scores = self.processed(logits)
-        sub = scores if allowed is None else scores[allowed]
+        sub = self.processed(logits) if allowed is None else self._processed_at(logits, allowed)
         if sub.size == 0:
             raise RuntimeError("no token is allowed at this position")
         pick = self._draw(sub)
@@ -101,6 +100,24 @@ class Sampler:
             n = np.fromiter(self.counts.values(), dtype=np.float64, count=len(self.counts))
             scores[ids] -= n * self.frequency_penalty + self.presence_penalty
         return scores
+
+    def _processed_at(self, logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        """`processed(logits)[allowed]`, element for element, without touching the rest."""
+        sub = logits[allowed].astype(np.float64)
+        adjust: list[tuple[np.ndarray, np.ndarray]] = []
+        if self._bias_ids.size:
+            adjust.append((self._bias_ids, self._bias_values))
+        if self.counts:
+            ids = np.fromiter(self.counts.keys(), dtype=np.int64, count=len(self.counts))
+            n = np.fromiter(self.counts.values(), dtype=np.float64, count=len(self.counts))
+            adjust.append((ids, -(n * self.frequency_penalty + self.presence_penalty)))
+        for ids, delta in adjust:
+            pos = np.searchsorted(allowed, ids)
+            inside = pos < allowed.size
+            hit = inside.copy()
+            hit[inside] = allowed[pos[inside]] == ids[inside]
+            sub[pos[hit]] += delta[hit]
+        return sub
 
     def _draw(self, scores: np.ndarray) -> int:
         """An index into `scores` (float64): the argmax, or a draw at the temperature after

@@ -103,3 +103,12 @@ def test_asking_for_logprobs_changes_no_token() -> None:
     plain, reporting = Sampler(1.0, seed=9), Sampler(1.0, seed=9, logprobs=2)
     assert plain.plain and not reporting.plain
     assert [plain(LOGITS) for _ in range(100)] == [reporting(LOGITS) for _ in range(100)]
+
+
+def test_restricted_processing_equals_processing_then_restricting() -> None:
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal(64).astype(np.float32)
+    s = Sampler(1.0, presence_penalty=0.3, frequency_penalty=0.7, logit_bias={3: 2.0, 60: -1.0})
+    s.counts = {3: 2, 7: 1, 63: 4}
+    for allowed in (np.arange(64), np.array([3, 5, 7, 63]), np.array([0, 1]), np.array([60])):
+        assert np.array_equal(s._processed_at(logits, allowed), s.processed(logits)[allowed])
