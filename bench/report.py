@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import constrained
 from bench.targets import Verdict
 
 START = "<!-- bench:start -->"
@@ -100,6 +101,23 @@ def _machine_line(results: dict[str, Any]) -> str:
         f"{results.get('genai_threads', '?')} for both engines; the run took "
         f"{_f(results.get('duration_s'), 0)} s._"
     )
+
+
+def _constrained_machine(results: dict[str, Any]) -> list[str]:
+    """A machine line of its own when this part was measured apart from the rest."""
+    m = (results.get("constrained") or {}).get("machine")
+    if not m:
+        return []
+    start, end = m.get("load_average_start"), m.get("load_average_end")
+    load_text = f", 1-min load average {start[0]:.2f} at start" if start else ""
+    if start and end:
+        load_text += f" and {end[0]:.2f} at end"
+    return [
+        f"_measured apart from the sections above (`python -m bench.run --constrained-only`), "
+        f"{m.get('date', '?')}: {m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} cores; "
+        f"commit `{m.get('git_commit', '?')}`{load_text}._",
+        "",
+    ]
 
 
 def _targets_table(verdicts: list[Verdict]) -> list[str]:
@@ -214,6 +232,11 @@ def render_section(results: dict[str, Any], verdicts: list[Verdict]) -> str:
         "### Gateway cost",
         "",
         *_gateway_table(results),
+        "",
+        "### Constrained decoding",
+        "",
+        *_constrained_machine(results),
+        *constrained.render(results.get("constrained")),
         "",
         "### Outputs",
         "",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +102,17 @@ class Sequence:
 Delivery = list[tuple[Callable[[Event], None], Event]]
 
 
+@dataclass(frozen=True)
+class StepTiming:
+    """Where one decode step's time went (seconds), for the benchmark's per-step costs."""
+
+    rows: int  # sequences sampled
+    constrained: int  # of which under a grammar
+    decode_s: float  # the ONNX Runtime call (the masks are computed meanwhile)
+    mask_wait_s: float  # waiting for masks after it returned: mask work not hidden
+    sample_s: float  # masks applied, tokens sampled and taken, events built
+
+
 def deliver_now(items: Delivery) -> None:
     """The default dispatch: call each sequence's `emit` on the scheduler thread."""
     for emit, event in items:
@@ -122,6 +134,7 @@ class Scheduler:
         max_tokens_in_flight: int = 0,
         dispatch: Callable[[Delivery], None] = deliver_now,
         grammar_vocab: int = 0,
+        step_log: list[StepTiming] | None = None,
     ) -> None:
         self.runtime = runtime
         self.tokenizer = tokenizer
@@ -137,6 +150,8 @@ class Scheduler:
         self.masks: MaskBatch | None = None
         # Tokens llguidance's tokenizer knows (0 = the model's vocabulary): the masks' width.
         self.grammar_vocab = grammar_vocab or runtime.spec.vocab_size
+        # When given, every decode step appends its timing here (the benchmark reads it).
+        self.step_log = step_log
         self._outbox: Delivery = []
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.slots: list[Sequence | None] = [None] * self.max_batch
@@ -393,15 +408,29 @@ class Scheduler:
         # they are computed while ONNX Runtime computes the logits.
         constrained = [s for s in decoding if s.matcher is not None]
         self._start_masks(constrained)
+        start = time.perf_counter()
         try:
             logits = self.runtime.decode(tokens, lengths)
         finally:
+            decoded = time.perf_counter()
             self._wait_masks()
+        masked = time.perf_counter()
         for seq in decoding:
             seq.length += 1
             if seq.cancelled:
                 continue
             self._sample(seq, logits[seq.slot])
+        if self.step_log is not None:
+            done = time.perf_counter()
+            self.step_log.append(
+                StepTiming(
+                    len(decoding),
+                    len(constrained),
+                    decoded - start,
+                    masked - decoded,
+                    done - masked,
+                )
+            )
 
     def _accept(self, seq: Sequence, sampled: Sampled) -> None:
         """Takes one sampled token: emits its text or tool-call pieces, and finishes the
