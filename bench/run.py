@@ -268,14 +268,18 @@ def compare_outputs(results: dict[str, Any], texts: dict[str, list[str]]) -> Non
     results["outputs"] = out
 
 
-def publish(results: dict[str, Any], paths: OutputPaths) -> None:
-    """Targets, results.json, charts and the generated part of PERFORMANCE.md; prints verdicts."""
+def publish(results: dict[str, Any], paths: OutputPaths, charts: bool = True) -> None:
+    """Targets, results.json, charts and the generated part of PERFORMANCE.md; prints verdicts.
+
+    `charts=False` leaves the charts as they are (they draw only the sections a
+    --constrained-only run does not measure)."""
     verdicts = evaluate(results)
     results["targets"] = [v.as_dict() for v in verdicts]
     write_results(paths.results, results)
-    from bench.plots import write_charts  # matplotlib only once there is something to draw
+    if charts:
+        from bench.plots import write_charts  # matplotlib only once there is something to draw
 
-    write_charts(results, paths.images)
+        write_charts(results, paths.images)
     write_performance_doc(paths.performance, render_section(results, verdicts))
     print()
     for v in verdicts:
@@ -298,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(saved_path.read_text())
         saved["constrained"] = measure_constrained_only(cfg)
         saved["constrained"]["config"] = dataclasses.asdict(cfg)
-        publish(saved, paths)
+        publish(saved, paths, charts=False)
         return 0
     started = time.perf_counter()
     results: dict[str, Any] = {
