@@ -42,6 +42,14 @@ machine in one run, beside onnxruntime-genai on the same exported files.
   alternate (ours C=1, genai 1, ours C=4, genai 4, ...), so that drift of the machine hits both.
 - **The gateway cost** is the same one-token request sent 200 times through HTTP and 200 times
   straight to the engine's gRPC `Generate`, interleaved, one at a time.
+- **Constrained decoding** (`bench/constrained.py`) is measured twice. Per decode step: the
+  engine's scheduler in the benchmark's own process (the stack stopped), batch 1 and 16, greedy,
+  64 steps per run, runs with every row under a JSON-schema grammar alternating with plain runs
+  (3 of each), timed by the scheduler's step log. Throughput: 16 requests released at once to
+  the running engine's gRPC `Generate` (the edge does not pass response formats on yet), all
+  plain, then 8 plain and 8 constrained, 3 rounds each, alternating. The constrained requests use
+  a schema (an array of at least 500 short strings) that cannot close within 200 tokens, so every
+  request on both sides runs exactly `max_tokens` and the rounds decode the same number of steps.
 
 ## What the numbers mean
 
@@ -54,6 +62,12 @@ machine in one run, beside onnxruntime-genai on the same exported files.
 - **inter-token latency**: gaps between consecutive content chunks of a stream, pooled over all
   streams of that concurrency.
 - **gateway added**: p50 (p99) of the HTTP path minus p50 (p99) of the direct gRPC path.
+- **constrained decoding**: "ONNX Runtime" is the decode call, during which the masks are
+  computed on a worker thread (so on two cores the two share the CPU); "host" is what the step
+  spends outside it: waiting for masks that were not ready, then sampling (masked rows gather
+  their allowed logits). "Added per step" is the host time of the constrained runs minus that of
+  the plain ones, and that as a share of a plain step; "mask fill" is llguidance's work for all
+  rows of a step, overlapped with the ONNX Runtime call.
 
 ## Targets
 
