@@ -12,7 +12,9 @@ The one format (docs/ARCHITECTURE.md shows it whole):
   assistant message's `tool_calls` are rendered so after its content (and a newline);
 - **a result** (a `tool` message) becomes a user turn
   `<tool_response>\\nCONTENT\\n</tool_response>`; consecutive results share one user turn, one
-  block each, in order.
+  block each, in order (ids and names are not rendered: results follow their calls' order).
+
+Stop strings apply to content only, never inside calls.
 
 The grammar: `required` and a named function allow only calls (one, or several separated by
 newlines when parallel calls are allowed) whose arguments validate against that function's
@@ -120,7 +122,6 @@ def render_messages(
     """(role, content) pairs for the chat template, with tools, calls and results written in."""
     out: list[tuple[str, str]] = []
     results: list[str] = []
-    names: dict[str, str] = {}  # call id -> function name, from earlier assistant messages
 
     def flush_results() -> None:
         if results:
@@ -140,8 +141,7 @@ def render_messages(
                     param=f"messages[{i}].tool_calls",
                 )
             blocks = []
-            for j, (call_id, name, arguments) in enumerate(m.tool_calls):
-                names[call_id] = name
+            for j, (_, name, arguments) in enumerate(m.tool_calls):
                 where = f"messages[{i}].tool_calls[{j}].function.arguments"
                 try:
                     args = json.loads(arguments) if arguments.strip() else {}
