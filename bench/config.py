@@ -50,8 +50,8 @@ class BenchConfig:
             gateway_warmup=10,
             engine_max_batch=32,
             constrained_batches=(1, 16),
-            constrained_steps=64,
-            constrained_rounds=3,
+            constrained_steps=32,
+            constrained_rounds=6,
             constrained_concurrency=16,
         )
 

@@ -44,10 +44,11 @@ machine in one run, beside onnxruntime-genai on the same exported files.
   straight to the engine's gRPC `Generate`, interleaved, one at a time.
 - **Constrained decoding** (`bench/constrained.py`) is measured twice. Per decode step: the
   engine's scheduler in the benchmark's own process (the stack stopped), batch 1 and 16, greedy,
-  64 steps per run, runs with every row under a JSON-schema grammar alternating with plain runs
-  (3 of each), timed by the scheduler's step log. Throughput: 16 requests released at once to
-  the running engine's gRPC `Generate` (the edge does not pass response formats on yet), all
-  plain, then 8 plain and 8 constrained, 3 rounds each, alternating. The constrained requests use
+  32 steps per run, runs with every row under a JSON-schema grammar alternating with plain runs
+  (6 of each, so that drift hits both), timed by the scheduler's step log. Throughput: 16
+  requests released at once to the running engine's gRPC `Generate` (the edge does not pass
+  response formats on yet), all plain, then 8 plain and 8 constrained, 6 rounds each,
+  alternating. The constrained requests use
   a schema (an array of at least 500 short strings) that cannot close within 200 tokens, so every
   request on both sides runs exactly `max_tokens` and the rounds decode the same number of steps.
 
