@@ -31,6 +31,10 @@ class BenchConfig:
     gateway_samples: int  # sequential calls each way
     gateway_warmup: int
     engine_max_batch: int  # SLUICE_ENGINE_MAX_BATCH for the stack under test
+    constrained_batches: tuple[int, ...]  # batch sizes of the per-step constrained costs
+    constrained_steps: int  # decode steps per run of those
+    constrained_rounds: int  # plain/constrained runs (per-step) and rounds (throughput) each
+    constrained_concurrency: int  # requests at once, half of them constrained
 
     @classmethod
     def full(cls) -> BenchConfig:
@@ -45,6 +49,10 @@ class BenchConfig:
             gateway_samples=200,
             gateway_warmup=10,
             engine_max_batch=32,
+            constrained_batches=(1, 16),
+            constrained_steps=32,
+            constrained_rounds=6,
+            constrained_concurrency=16,
         )
 
     @classmethod
@@ -60,4 +68,8 @@ class BenchConfig:
             gateway_samples=30,
             gateway_warmup=5,
             engine_max_batch=32,
+            constrained_batches=(1, 16),
+            constrained_steps=24,
+            constrained_rounds=1,
+            constrained_concurrency=16,
         )

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import constrained
 from bench.targets import Verdict
 
 START = "<!-- bench:start -->"
@@ -41,6 +42,15 @@ machine in one run, beside onnxruntime-genai on the same exported files.
   alternate (ours C=1, genai 1, ours C=4, genai 4, ...), so that drift of the machine hits both.
 - **The gateway cost** is the same one-token request sent 200 times through HTTP and 200 times
   straight to the engine's gRPC `Generate`, interleaved, one at a time.
+- **Constrained decoding** (`bench/constrained.py`) is measured twice. Per decode step: the
+  engine's scheduler in the benchmark's own process (the stack stopped), batch 1 and 16, greedy,
+  32 steps per run, runs with every row under a JSON-schema grammar alternating with plain runs
+  (6 of each, so that drift hits both), timed by the scheduler's step log. Throughput: 16
+  requests released at once to the running engine's gRPC `Generate` (the edge does not pass
+  response formats on yet), all plain, then 8 plain and 8 constrained, 6 rounds each,
+  alternating. The constrained requests use
+  a schema (an array of at least 500 short strings) that cannot close within 200 tokens, so every
+  request on both sides runs exactly `max_tokens` and the rounds decode the same number of steps.
 
 ## What the numbers mean
 
@@ -53,6 +63,12 @@ machine in one run, beside onnxruntime-genai on the same exported files.
 - **inter-token latency**: gaps between consecutive content chunks of a stream, pooled over all
   streams of that concurrency.
 - **gateway added**: p50 (p99) of the HTTP path minus p50 (p99) of the direct gRPC path.
+- **constrained decoding**: "ONNX Runtime" is the decode call, during which the masks are
+  computed on a worker thread (so on two cores the two share the CPU); "host" is what the step
+  spends outside it: waiting for masks that were not ready, then sampling (masked rows gather
+  their allowed logits). "Added per step" is the host time of the constrained runs minus that of
+  the plain ones, and that as a share of a plain step; "mask fill" is llguidance's work for all
+  rows of a step, overlapped with the ONNX Runtime call.
 
 ## Targets
 
@@ -100,6 +116,23 @@ def _machine_line(results: dict[str, Any]) -> str:
         f"{results.get('genai_threads', '?')} for both engines; the run took "
         f"{_f(results.get('duration_s'), 0)} s._"
     )
+
+
+def _constrained_machine(results: dict[str, Any]) -> list[str]:
+    """A machine line of its own when this part was measured apart from the rest."""
+    m = (results.get("constrained") or {}).get("machine")
+    if not m:
+        return []
+    start, end = m.get("load_average_start"), m.get("load_average_end")
+    load_text = f", 1-min load average {start[0]:.2f} at start" if start else ""
+    if start and end:
+        load_text += f" and {end[0]:.2f} at end"
+    return [
+        f"_measured apart from the sections above (`python -m bench.run --constrained-only`), "
+        f"{m.get('date', '?')}: {m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} cores; "
+        f"commit `{m.get('git_commit', '?')}`{load_text}._",
+        "",
+    ]
 
 
 def _targets_table(verdicts: list[Verdict]) -> list[str]:
@@ -248,6 +281,11 @@ def render_section(results: dict[str, Any], verdicts: list[Verdict]) -> str:
         "### Bring-your-own-key gateway, before and after the provider backends moved to the edge",
         "",
         *_byok_table(results),
+        "",
+        "### Constrained decoding",
+        "",
+        *_constrained_machine(results),
+        *constrained.render(results.get("constrained")),
         "",
         "### Outputs",
         "",

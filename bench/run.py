@@ -4,6 +4,8 @@ targets, and writes results.json, the charts and the generated part of docs/PERF
 
     python -m bench.run            # the full run, written to docs/
     python -m bench.run --quick    # a short development run, written to a temporary folder
+    python -m bench.run --constrained-only   # only the constrained-decoding part, merged into
+                                             # the saved results.json and re-rendered
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import byok, gateway, load
+from bench import byok, constrained, gateway, load
 from bench.baseline_genai import GenaiBaseline, prepare_model_copy, thread_count
-from bench.config import GATEWAY_PROMPT, MODEL_FOLDER, PROMPT, ROOT, BenchConfig
+from bench.config import GATEWAY_PROMPT, MODEL, MODEL_FOLDER, PROMPT, ROOT, BenchConfig
 from bench.machine import load_average, machine_info
 from bench.metrics import outputs_agree, summarize_concurrency
 from bench.report import render_section, write_performance_doc, write_results
@@ -47,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--write", action="store_true", help="with --quick: write to docs/ anyway")
     parser.add_argument(
         "--out", type=Path, help="write PERFORMANCE.md, img/ and bench/ under this folder"
+    )
+    parser.add_argument(
+        "--constrained-only",
+        action="store_true",
+        help="measure constrained decoding alone; the other sections come from results.json",
     )
     parser.add_argument(
         "--render",
@@ -190,6 +197,8 @@ def measure_all(cfg: BenchConfig, results: dict[str, Any], ids: list[int]) -> di
                     f"{g['direct_ms']['p50']:.2f} ms, added p50 {g['added_p50_ms']:+.2f} / "
                     f"p99 {g['added_p99_ms']:+.2f} ms"
                 )
+                _settle()
+                results["constrained"]["throughput"] = _constrained_throughput(stack, cfg)
             except Exception:
                 print(f"bench: the stack's last output:\n{stack.logs()}", file=sys.stderr)
                 raise
@@ -202,7 +211,53 @@ def measure_all(cfg: BenchConfig, results: dict[str, Any], ids: list[int]) -> di
                     f"byok {name}: added p50 {b[name]['added_p50_ms']:+.2f} / p99 "
                     f"{b[name]['added_p99_ms']:+.2f} ms over the stand-in"
                 )
+    # In this process, with the stack stopped: nothing else on the cores.
+    results["constrained"]["steps"] = _constrained_steps(cfg)
     return texts
+
+
+def _constrained_throughput(stack: Stack, cfg: BenchConfig) -> dict[str, Any]:
+    tp = constrained.measure_throughput(
+        stack.engine_addr,
+        MODEL,
+        PROMPT,
+        cfg.max_tokens,
+        cfg.constrained_concurrency,
+        cfg.constrained_rounds,
+    )
+    _say(
+        f"constrained: {cfg.constrained_concurrency} at once, plain "
+        f"{tp['plain']['tok_s']:.1f} tok/s, half constrained "
+        f"{tp['half_constrained']['tok_s']:.1f} tok/s ({tp['ratio']:.2f}x)"
+    )
+    return tp
+
+
+def _constrained_steps(cfg: BenchConfig) -> dict[str, Any]:
+    steps = constrained.measure_steps(
+        MODEL_FOLDER, cfg.constrained_batches, cfg.constrained_steps, cfg.constrained_rounds
+    )
+    for batch in cfg.constrained_batches:
+        row = steps[str(batch)]
+        _say(
+            f"constrained step at batch {batch}: {row['plain']['step_ms']:.2f} ms plain, "
+            f"{row['constrained']['step_ms']:.2f} ms constrained, added host "
+            f"{row['added_host_ms']:+.2f} ms"
+        )
+    return steps
+
+
+def measure_constrained_only(cfg: BenchConfig) -> dict[str, Any]:
+    """The constrained-decoding section alone, with its own machine line."""
+    section: dict[str, Any] = {"machine": machine_info(ROOT)}
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp,
+        running_stack(Path(tmp) / "stack", max_batch=cfg.engine_max_batch) as stack,
+    ):
+        section["throughput"] = _constrained_throughput(stack, cfg)
+    section["steps"] = _constrained_steps(cfg)
+    section["machine"]["load_average_end"] = load_average()
+    return section
 
 
 def compare_outputs(results: dict[str, Any], texts: dict[str, list[str]]) -> None:
@@ -222,14 +277,18 @@ def compare_outputs(results: dict[str, Any], texts: dict[str, list[str]]) -> Non
     results["outputs"] = out
 
 
-def publish(results: dict[str, Any], paths: OutputPaths) -> None:
-    """Targets, results.json, charts and the generated part of PERFORMANCE.md; prints verdicts."""
+def publish(results: dict[str, Any], paths: OutputPaths, charts: bool = True) -> None:
+    """Targets, results.json, charts and the generated part of PERFORMANCE.md; prints verdicts.
+
+    `charts=False` leaves the charts as they are (they draw only the sections a
+    --constrained-only run does not measure)."""
     verdicts = evaluate(results)
     results["targets"] = [v.as_dict() for v in verdicts]
     write_results(paths.results, results)
-    from bench.plots import write_charts  # matplotlib only once there is something to draw
+    if charts:
+        from bench.plots import write_charts  # matplotlib only once there is something to draw
 
-    write_charts(results, paths.images)
+        write_charts(results, paths.images)
     write_performance_doc(paths.performance, render_section(results, verdicts))
     print()
     for v in verdicts:
@@ -247,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = BenchConfig.quick_run() if args.quick else BenchConfig.full()
     paths = output_paths(args, cfg.quick)
+    if args.constrained_only:
+        saved_path = ROOT / "docs" / "bench" / "results.json"
+        saved = json.loads(saved_path.read_text())
+        saved["constrained"] = measure_constrained_only(cfg)
+        saved["constrained"]["config"] = dataclasses.asdict(cfg)
+        publish(saved, paths, charts=False)
+        return 0
     started = time.perf_counter()
     results: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
@@ -256,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "genai_engine": None,
         "gateway": None,
         "byok": None,
+        "constrained": {},
         "raw": {"ours": {}},
     }
     load_now = results["machine"]["load_average_start"]

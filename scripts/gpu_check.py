@@ -1,5 +1,6 @@
 """Checks the engine on a GPU host: the CUDA provider really runs the model, greedy output agrees
-with the CPU, and single-stream and batch throughput and time to first token.
+with the CPU, a prefill copied slot to slot decodes like the original, and single-stream and
+batch throughput and time to first token.
 
 Run through `scripts/gpu_check.sh`, which installs onnxruntime-gpu first. `--cpu-only` runs the
 same code on the CPU provider with small sizes; the test suite runs that half.
@@ -39,6 +40,25 @@ def greedy(rt: DecoderRuntime, prompt: list[int], n: int) -> list[int]:
         out.append(int(np.argmax(logits[0])))
         length += 1
     return out
+
+
+def copied_prefill_agrees(rt: DecoderRuntime, prompt: list[int], steps: int) -> bool:
+    """Prefill slot 0, copy its KV to the last slot on the device (`copy_slot`, the path of
+    n > 1), then decode both rows together: their logits must be equal at every step."""
+    last = rt.max_batch - 1
+    token = int(np.argmax(rt.prefill(0, [np.asarray(prompt, dtype=np.int64)])[0]))
+    rt.copy_slot(0, last, len(prompt))
+    lengths = np.zeros(rt.max_batch, dtype=np.int64)
+    lengths[[0, last]] = len(prompt)
+    for _ in range(steps):
+        tokens = np.zeros(rt.max_batch, dtype=np.int64)
+        tokens[[0, last]] = token
+        logits = rt.decode(tokens, lengths)
+        if not np.array_equal(logits[0], logits[last]):
+            return False
+        token = int(np.argmax(logits[0]))
+        lengths[[0, last]] += 1
+    return True
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -152,6 +172,7 @@ def main() -> int:
         "cpu_int4_text": codec.tokenizer.decode(int4_cpu),
         "cpu_int4_prefix": common_prefix(here, int4_cpu),
     }
+    result["copied_prefill_agrees"] = copied_prefill_agrees(rt, question, 8)
     rt.warmup(512)
     sched = Scheduler(rt, codec.tokenizer, max_queue=4 * max(batches), prefill_tokens=512)
     sched.start()
@@ -170,6 +191,9 @@ def main() -> int:
     # Same files, two providers: fp16 rounding may split a near-tie late, never at the start.
     if result["greedy"]["same_variant_on_cpu_prefix"] < 8:  # type: ignore[index]
         print("FAIL: greedy output disagrees with the CPU provider on the same files")
+        return 1
+    if not result["copied_prefill_agrees"]:
+        print("FAIL: a prefill copied slot to slot decodes differently from the original")
         return 1
     print("OK")
     return 0

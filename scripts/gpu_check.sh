@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # GPU check of the engine: the CUDA provider runs the model (no silent CPU fallback), greedy
-# output agrees with the CPU, and single-stream and batch-32/64 throughput and time to first token.
+# output agrees with the CPU, a prefill copied slot to slot on the device (n > 1) decodes like the
+# original, and single-stream and batch-32/64 throughput and time to first token.
 #
 # For a GPU host with CUDA 13 libraries and Python 3.12 but no onnxruntime-gpu and no registry:
 #   scripts/gpu_check.sh --wheels DIR --models DIR [--out FILE]
 # DIR (--wheels) holds onnxruntime_gpu-1.31.1-*.whl (whole, or split into *.whl.part-* pieces that
 # are joined here) and any other cp312 wheels the host lacks (tokenizers, grpcio, protobuf,
-# jinja2); all are installed with --no-deps into a private folder that shadows the host's
+# jinja2, llguidance); all are installed with --no-deps into a private folder that shadows the host's
 # CPU-only onnxruntime. --models is the folder holding cuda-fp16/ (or cuda-int4/) and cpu-int4/.
 #   scripts/gpu_check.sh --cpu-only [--models DIR]   runs the same checks on the CPU provider.
 set -euo pipefail

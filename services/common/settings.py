@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     engine_max_queue: int = Field(
         default=256, description="Requests waiting for the engine before it refuses more."
     )
+    engine_max_n: int = Field(
+        default=8,
+        ge=1,
+        description="Most choices (n) one request may ask for; each takes a KV slot.",
+    )
     openai_base_url: str = Field(
         default="https://api.openai.com/v1",
         description="Base URL of the OpenAI-compatible upstream (bring-your-own-key models).",

@@ -10,13 +10,14 @@ import onnxruntime as ort
 
 from services.common.grpc_server import configure_logging, run_service, serve
 from services.common.settings import Settings
+from services.engine.constraints import Grammars
 from services.engine.generation import Generator, HostedModel, loop_dispatch
 from services.engine.metrics import serve_metrics
 from services.engine.registry import ModelRegistry, choose_variant, load_entry
 from services.engine.runtime import DecoderRuntime
 from services.engine.scheduler import Scheduler
 from services.engine.servicer import EngineServicer
-from services.engine.text import TextCodec
+from services.engine.text import TextCodec, TokenTable
 from services.pb.engine.v1 import engine_pb2_grpc
 
 log = logging.getLogger("services.engine")
@@ -44,6 +45,8 @@ def load_models(settings: Settings, loop: asyncio.AbstractEventLoop) -> Generato
     )
     runtime.warmup(settings.engine_prefill_tokens)
     codec = TextCodec.from_folder(entry.folder)
+    # llguidance's view of the tokenizer, for constrained decoding and logprobs' token bytes.
+    grammar_tokenizer = codec.grammar_tokenizer(runtime.spec.eos_token_ids)
     scheduler = Scheduler(
         runtime,
         codec.tokenizer,
@@ -51,12 +54,22 @@ def load_models(settings: Settings, loop: asyncio.AbstractEventLoop) -> Generato
         prefill_tokens=settings.engine_prefill_tokens,
         max_tokens_in_flight=settings.engine_max_tokens_in_flight,
         dispatch=loop_dispatch(loop),
+        grammar_vocab=grammar_tokenizer.vocab_size,
     )
     hosted = HostedModel(
-        entry, codec, scheduler, runtime.provider, settings.engine_default_max_tokens
+        entry,
+        codec,
+        scheduler,
+        runtime.provider,
+        settings.engine_default_max_tokens,
+        grammars=Grammars(grammar_tokenizer),
+        tokens=TokenTable.from_grammar_tokenizer(grammar_tokenizer),
     )
     return Generator(
-        ModelRegistry([entry]), {entry.name: hosted}, settings.engine_default_max_tokens
+        ModelRegistry([entry]),
+        {entry.name: hosted},
+        settings.engine_default_max_tokens,
+        max_n=settings.engine_max_n,
     )
 
 

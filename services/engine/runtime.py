@@ -3,9 +3,11 @@
 The KV cache is one buffer per layer and kind, shaped `[max_batch, kv_heads, max_len, head_dim]`:
 row `i` belongs to batch slot `i`. The graph's GroupQueryAttention shares past and present
 buffers (`past_present_share_buffer`), so binding the same memory as input and output makes each
-step write its new keys and values in place: no KV is ever copied. Each row's length comes from
+step write its new keys and values in place: a step never copies KV. Each row's length comes from
 its attention-mask row, so rows of different lengths decode together (right padding), and a free
-slot inside the batch is harmless (it decodes a dummy token at position 0 of its own row).
+slot inside the batch is harmless (it decodes a dummy token at position 0 of its own row). The
+one copy is deliberate: `copy_slot` gives the choices of an n > 1 request the prompt prefilled
+once, row to row on the device (a strided CUDA copy on the GPU).
 
 The session runs the export's last-position graph (`services.engine.graph`): logits come back for
 one position per row, the one sampled, so a prefill does not compute the head for every prompt
@@ -14,9 +16,11 @@ position only to throw all but the last away.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +70,20 @@ class GraphSpec:
         )
 
 
+@cache
+def _cudart() -> ctypes.CDLL | None:
+    """The CUDA runtime the CUDA provider loaded (a loaded library is found by its soname)."""
+    for name in ("libcudart.so.12", "libcudart.so.13", "libcudart.so"):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+_DEVICE_TO_DEVICE = 3  # cudaMemcpyDeviceToDevice
+
+
 def choose_providers(prefer_cuda: bool = True) -> list[str]:
     available = ort.get_available_providers()
     if prefer_cuda and "CUDAExecutionProvider" in available:
@@ -91,6 +109,31 @@ class KVBuffer:
             # read, so the buffer needs no initialisation.
             self._device = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, device, 0)
             self.base = self._device.data_ptr()
+
+    def copy_row(self, src: int, dst: int, length: int) -> None:
+        """Copies the first `length` positions of every head of row `src` into row `dst`, on the
+        buffer's own device."""
+        if self.device == "cpu":
+            self._host[dst, :, :length] = self._host[src, :, :length]
+            return
+        cudart = _cudart()
+        if cudart is None:
+            raise RuntimeError("no CUDA runtime library to copy KV rows with")
+        heads, max_len, head_dim = self.shape[1:]
+        item = np.dtype(self.dtype).itemsize
+        pitch = max_len * head_dim * item  # one head's positions
+        # One strided copy: `heads` runs of `length` positions, each `pitch` bytes apart.
+        status = cudart.cudaMemcpy2D(
+            ctypes.c_void_p(self.base + dst * self.row_bytes),
+            ctypes.c_size_t(pitch),
+            ctypes.c_void_p(self.base + src * self.row_bytes),
+            ctypes.c_size_t(pitch),
+            ctypes.c_size_t(length * head_dim * item),
+            ctypes.c_size_t(heads),
+            ctypes.c_int(_DEVICE_TO_DEVICE),
+        )
+        if status != 0:
+            raise RuntimeError(f"cudaMemcpy2D failed with CUDA error {status}")
 
     def bind(self, binding: ort.IOBinding, names: tuple[str, str], start: int, rows: int) -> None:
         shape = [rows, *self.shape[1:]]
@@ -219,6 +262,19 @@ class DecoderRuntime:
         self.session.run_with_iobinding(binding)
         out: np.ndarray = logits[:, 0] if self.last_position else logits[np.arange(rows), last]
         return out
+
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        """Copies the first `length` KV positions of slot `src` into slot `dst`, every layer, on
+        the device: choices of one prompt share its prefill this way."""
+        if src == dst or length <= 0:
+            return
+        for buf in (*self.keys, *self.values):
+            buf.copy_row(src, dst, length)
+        if self.device != "cpu":
+            # A device-to-device copy does not wait on the host; the next step must see it.
+            cudart = _cudart()
+            if cudart is not None and cudart.cudaDeviceSynchronize() != 0:
+                raise RuntimeError("cudaDeviceSynchronize failed after copying KV rows")
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One decode step for slots `0..len(tokens)-1`.

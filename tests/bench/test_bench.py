@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.constrained import (
+    compare_steps,
+    render,
+    step_summary,
+    throughput_summary,
+)
 from bench.metrics import (
     StreamRecord,
     gateway_summary,
@@ -152,6 +158,7 @@ def _results(**overrides: object) -> dict:
             "added_mean_ms": 2.5,
         },
         "outputs": {"concurrency": 16, "compared": 16, "all_equal": True, "mismatched": []},
+        "constrained": _constrained_section(),
         "duration_s": 180.0,
     }
     results.update(overrides)
@@ -257,3 +264,81 @@ def test_byok_before_and_after_table() -> None:
     assert "_The bring-your-own-key gateway was not measured" in render_section(
         _results(), evaluate(_results())
     )
+
+
+class _Step:
+    def __init__(self, decode: float, wait: float, sample: float) -> None:
+        self.decode_s, self.mask_wait_s, self.sample_s = decode, wait, sample
+
+
+def _constrained_section() -> dict:
+    plain = step_summary([_Step(0.030, 0.0, 0.001)] * 3)
+    constrained = step_summary([_Step(0.031, 0.0002, 0.0018)] * 3)
+    steps = {
+        "steps_per_run": 64,
+        "rounds": 3,
+        "16": {
+            "plain": plain,
+            "constrained": constrained,
+            "mask_fill_us": 850.0,
+            **compare_steps(plain, constrained),
+        },
+    }
+    plain_tp = {
+        "requests": 16,
+        "constrained": 0,
+        "completion_tokens": 3200,
+        "tok_s": 400.0,
+        "rounds_tok_s": [390.0, 400.0, 410.0],
+    }
+    half = {**plain_tp, "constrained": 8, "tok_s": 380.0, "rounds_tok_s": [380.0, 370.0, 385.0]}
+    return {
+        "steps": steps,
+        "throughput": {"plain": plain_tp, "half_constrained": half, "ratio": 0.95},
+    }
+
+
+def test_step_summary_takes_medians_and_separates_host_time() -> None:
+    timings = [_Step(0.030, 0.0001, 0.001), _Step(0.040, 0.0003, 0.002), _Step(0.035, 0.0, 0.0)]
+    s = step_summary(timings)
+    assert s["steps"] == 3
+    assert s["decode_ms"] == pytest.approx(35.0)
+    assert s["mask_wait_ms"] == pytest.approx(0.1)
+    assert s["sample_ms"] == pytest.approx(1.0)
+    assert s["step_ms"] == pytest.approx(35.0)  # median of 31.1, 42.3, 35.0
+    assert s["host_ms"] == pytest.approx(1.1)
+    added = compare_steps({"host_ms": 1.0, "step_ms": 40.0}, {"host_ms": 3.0, "step_ms": 45.0})
+    assert added == {"added_host_ms": 2.0, "added_step_pct": 5.0}
+
+
+def test_throughput_summary_counts_every_request_from_first_send() -> None:
+    records = [
+        {
+            "sent": 1.0,
+            "done": 3.0,
+            "completion_tokens": 200,
+            "finish_reason": "length",
+            "constrained": False,
+        },
+        {
+            "sent": 1.1,
+            "done": 5.0,
+            "completion_tokens": 200,
+            "finish_reason": "length",
+            "constrained": True,
+        },
+    ]
+    s = throughput_summary(records)
+    assert s["wall_s"] == pytest.approx(4.0) and s["tok_s"] == pytest.approx(100.0)
+    assert (s["requests"], s["constrained"], s["finish_reasons"]) == (2, 1, ["length"])
+
+
+def test_render_constrained_tables() -> None:
+    text = "\n".join(render(_constrained_section()))
+    assert "| 16 | 30.00 / 31.00 | 1.00 / 2.00 | 850 | 0.200 | +1.00 ms (+3.2% of a step) |" in text
+    assert "| 16 | 0 | 400.0 | 390, 400, 410 |" in text
+    assert "| 16 | 8 | 380.0 | 380, 370, 385 |" in text
+    assert "0.95x the all-plain throughput" in text
+    assert render(None) == ["_Constrained decoding was not measured in this run._"]
+    section = render_section(_results(), evaluate(_results()))
+    assert "### Constrained decoding" in section and "0.95x" in section

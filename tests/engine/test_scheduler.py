@@ -158,3 +158,65 @@ def test_tokens_in_flight_bound_holds_newcomers_back(model_folder: Path, codec: 
         assert first_out.text() and second_out.text()
     finally:
         sched.stop()
+
+
+def _group(codec: TextCodec, question: str, n: int, max_new: int = 16) -> list[tuple]:
+    pairs = [make_seq(codec, question, max_new) for _ in range(n)]
+    for i, (seq, _) in enumerate(pairs):
+        seq.index = i
+    pairs[0][0].followers = [seq for seq, _ in pairs[1:]]
+    return pairs
+
+
+def test_choices_share_one_prefill(scheduler: Scheduler, codec: TextCodec) -> None:
+    alone, out = make_seq(codec, QUESTIONS[2], 16)
+    scheduler.submit(alone)
+    expected = out.text()
+    prefills = []
+    real = scheduler.runtime.prefill
+
+    def counting(*args: object, **kwargs: object) -> object:
+        prefills.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    scheduler.runtime.prefill = counting  # type: ignore[method-assign]
+    try:
+        group = _group(codec, QUESTIONS[2], 3)
+        scheduler.submit(group[0][0])
+        texts = [o.text() for _, o in group]
+    finally:
+        del scheduler.runtime.prefill
+    assert texts == [expected] * 3  # greedy: every choice decodes the copied prefill alike
+    assert len(prefills) == 1
+    assert [o.events[-1].index for _, o in group] == [0, 1, 2]
+
+
+def test_a_choice_whose_leader_left_prefills_itself(model_folder: Path, codec: TextCodec) -> None:
+    runtime = DecoderRuntime(model_folder, max_batch=4, max_len=512)
+    reference = Scheduler(runtime, codec.tokenizer, max_queue=4)
+    reference.start()
+    try:
+        seq, out = make_seq(codec, QUESTIONS[1], 12)
+        reference.submit(seq)
+        expected = out.text()
+    finally:
+        reference.stop()
+    # Cancelled while still queued: the other choices run on their own.
+    sched = Scheduler(runtime, codec.tokenizer, max_queue=4, prefill_tokens=7)
+    queued = _group(codec, QUESTIONS[1], 2, 12)
+    sched.submit(queued[0][0])
+    queued[0][0].cancelled = True
+    # Cancelled once admitted, before its prefill ended: the waiting choice prefills itself.
+    halfway = _group(codec, QUESTIONS[1], 2, 12)
+    sched.submit(halfway[0][0])
+    with sched.cond:
+        sched._drop_cancelled()
+        sched._admit()
+    sched._prefill_step()
+    halfway[0][0].cancelled = True
+    sched.start()
+    try:
+        assert queued[1][1].text() == expected
+        assert halfway[1][1].text() == expected
+    finally:
+        sched.stop()

@@ -34,6 +34,7 @@ def test_gpu_check_cpu_half(tmp_path: Path) -> None:
     assert result["provider"] == "CPUExecutionProvider"
     assert "Paris" in result["greedy"]["text"]
     assert result["greedy"]["same_variant_on_cpu_prefix"] == 24
+    assert result["copied_prefill_agrees"] is True
     assert result["single_stream"]["tokens"] == 12
     assert result["batch_4"]["tokens"] == 48
     assert result["batch_4"]["ttft_p50_ms"] > 0
