@@ -305,11 +305,13 @@ def test_member_chats_with_streamed_answers_and_finds_them_in_usage(
 
     # Split by key: both keys of the organization, each its own series.
     page.select_option("#usage-split", "key")
+    expect(page.locator("#usage-daily-title")).to_have_text("Tokens per day, by key")
     key_ids = sorted({r["key_id"] for r in gov.ledger(org)})
     assert len(key_ids) == 2
     expect(page.locator("#usage-legend li")).to_have_count(2)
     assert sorted(page.locator("#usage-legend li").all_inner_texts()) == key_ids
     page.select_option("#usage-split", "model")
+    expect(page.locator("#usage-daily-title")).to_have_text("Tokens per day, by model")
     expect(page.locator("#usage-legend li")).to_have_count(2)
     console.screenshot("usage")
 

@@ -7,6 +7,13 @@ import { $, fillTable, fmtInt, fmtMs, fmtTime, h, replace, showAlert } from "./d
 const DAY_S = 86_400;
 const MAX_DAYS = 92;
 const els = {};
+// Each load draws only while it is the latest one, so that a slow answer to an earlier choice
+// of filters never overwrites the answer to a later one.
+let generation = 0;
+const latest = () => {
+  const mine = ++generation;
+  return () => mine === generation;
+};
 
 function isoDay(date) {
   return date.toISOString().slice(0, 10);
@@ -88,12 +95,13 @@ function summary(totals) {
   );
 }
 
-async function loadCharts(q) {
+async function loadCharts(q, current) {
   const split = els.split.value;
   const [totals, byDay] = await Promise.all([
     v1.get("/usage/totals", { ...q, group_by: split }).then((r) => r.data ?? []),
     dailySplit(q, split),
   ]);
+  if (!current()) return;
   const labels = days(q.start_time, q.end_time);
   const series = seriesOf(labels, byDay, totals);
   summary(totals);
@@ -126,8 +134,9 @@ async function loadCharts(q) {
   );
 }
 
-async function loadBudgets() {
+async function loadBudgets(current) {
   const budgets = (await v1.get("/usage/budgets")).data ?? [];
+  if (!current()) return;
   if (!budgets.length) {
     replace(els.budgets, h("p", { class: "empty" }, "No token budget applies to this key."));
     return;
@@ -159,8 +168,9 @@ async function loadBudgets() {
 
 const STATUS_CLASS = { ok: "ok", rejected: "warn", error: "bad", cancelled: "warn", expired: "warn" };
 
-async function loadRecords(q) {
+async function loadRecords(q, current) {
   const rows = (await v1.get("/usage", { ...q, limit: els.limit.value })).data ?? [];
+  if (!current()) return;
   fillTable(
     els.records,
     [
@@ -191,9 +201,14 @@ export async function loadUsage() {
     showAlert(els.error, err.message);
     return;
   }
-  const results = await Promise.allSettled([loadCharts(q), loadBudgets(), loadRecords(q)]);
+  const current = latest();
+  const results = await Promise.allSettled([
+    loadCharts(q, current),
+    loadBudgets(current),
+    loadRecords(q, current),
+  ]);
   const failed = results.find((r) => r.status === "rejected");
-  if (failed) showAlert(els.error, failed.reason.message);
+  if (failed && current()) showAlert(els.error, failed.reason.message);
 }
 
 async function exportCsv(path, params, name) {
@@ -235,13 +250,7 @@ export function initUsage() {
     loadUsage();
   });
   els.split.addEventListener("change", () => loadUsage());
-  els.limit.addEventListener("change", () => {
-    try {
-      loadRecords(filters()).catch((err) => showAlert(els.error, err.message));
-    } catch (err) {
-      showAlert(els.error, err.message);
-    }
-  });
+  els.limit.addEventListener("change", () => loadUsage());
   $("usage-csv-records").addEventListener("click", () =>
     exportCsv("/usage", { limit: els.limit.value }, "sluice-requests"),
   );
