@@ -107,6 +107,8 @@ class Console:
 
     def ask(self, text: str) -> Locator:
         """Sends a message; returns the answer once it is complete (its footer shows timing)."""
+        # The model list loads after sign-in; until it has, there is no model to send to.
+        expect(self.page.locator("#chat-model option").first).to_be_attached()
         answers = self.page.locator("#chat-log li.msg.assistant")
         count = answers.count()
         self.page.fill("#chat-input", text)
@@ -209,8 +211,19 @@ def count(text: str) -> int:
     return int(text.replace(",", ""))
 
 
+@pytest.fixture
+def openai_reply(gov: Services) -> Iterator[str]:
+    """The OpenAI stand-in's next answers, reset afterwards for the tests that follow."""
+    reply = "Hello from the organization's own OpenAI account."
+    script(gov, "openai", reply=reply)
+    try:
+        yield reply
+    finally:
+        control(gov, "openai", "POST", "/_control/reset")
+
+
 def test_member_chats_with_streamed_answers_and_finds_them_in_usage(
-    console: Console, gov: Services, org: str
+    console: Console, gov: Services, org: str, openai_reply: str
 ) -> None:
     gov.cli("orgs", "create", org)
     gov.cli(
@@ -230,7 +243,6 @@ def test_member_chats_with_streamed_answers_and_finds_them_in_usage(
             sdk.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4
             )
-    script(gov, "openai", reply="Hello from the organization's own OpenAI account.")
     page = console.open("chat")
 
     # A wrong key is refused with the API's own message.
@@ -271,9 +283,7 @@ def test_member_chats_with_streamed_answers_and_finds_them_in_usage(
     # The organization's own provider, through the same page and the same governance.
     page.select_option("#chat-model", GPT)
     byok_answer = console.ask("Say hello.")
-    expect(byok_answer.locator(".content")).to_have_text(
-        "Hello from the organization's own OpenAI account."
-    )
+    expect(byok_answer.locator(".content")).to_have_text(openai_reply)
     expect(byok_answer.locator(".meta .pin")).to_have_attribute("title", GPT)
     console.screenshot("chat", full_page=False)
 
@@ -337,7 +347,6 @@ def test_member_chats_with_streamed_answers_and_finds_them_in_usage(
     page.click("#sign-out-key")
     expect(page.locator("#key-sign-in")).to_be_visible()
     assert page.evaluate("() => sessionStorage.length") == 0
-    control(gov, "openai", "POST", "/_control/reset")
 
 
 def test_operator_creates_a_key_that_works_then_revokes_it(

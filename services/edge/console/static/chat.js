@@ -170,7 +170,11 @@ export function initChat() {
   els.form.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = els.input.value.trim();
-    if (!text || running || !els.model.value) return;
+    if (!text || running) return;
+    if (!els.model.value) {
+      showAlert(els.modelsError, "Pick a model first (the model list has not loaded).");
+      return;
+    }
     els.input.value = "";
     send(text);
   });
