@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sluice-installed
 PROTOS := $(wildcard protos/*/v1/*.proto)
 
-.PHONY: run test model protos lint bench clean
+.PHONY: run test model protos lint bench clean browser
 
 run: model
 	$(PY) -m services.cli up
 
-test: model
+test: model browser
 	SLUICE_TEST_PG_DSN="$$(scripts/ensure_postgres.sh)" \
 		SLUICE_TEST_REDIS_URL="$$(scripts/ensure_redis.sh)" $(PY) -m pytest -q
 
@@ -18,6 +18,11 @@ model: protos
 	$(PY) -m services.cli model export
 
 protos: services/pb/.generated
+
+# The console's browser tests drive Debian's Chromium (installed when missing), never a browser
+# that Playwright would download.
+browser:
+	scripts/ensure_chromium.sh
 
 bench: model
 	$(PY) -m pip install -q -e '.[bench]'

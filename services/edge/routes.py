@@ -13,6 +13,7 @@ from starlette.routing import Route
 from services.edge import admin, usage
 from services.edge.anthropic import messages
 from services.edge.backends import backends_of
+from services.edge.console import site as console
 from services.edge.metrics import metrics_endpoint
 from services.edge.openai import chat, completions, embeddings, models
 
@@ -59,4 +60,5 @@ ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
+    *console.ROUTES,
 ]
