@@ -165,6 +165,11 @@ class Settings(BaseSettings):
     engine_metrics_port: int = Field(
         default=0, description="Port of the engine's Prometheus /metrics; 0 = not served."
     )
+    responses_retention_s: float = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="Metering keeps a stored Responses API response this many seconds.",
+    )
     log_level: str = Field(default="INFO", description="Python logging level.")
     trusted_proxies: str = Field(
         default="",

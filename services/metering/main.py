@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
+
 from services.common.db import create_engine, migrate
 from services.common.grpc_server import configure_logging, run_service, serve
 from services.common.settings import Settings
+from services.metering import responses_servicer
 from services.metering.ledger import Ledger
 from services.metering.ratelimit import Limiter
 from services.metering.redis_limits import RedisLimiter, connect
+from services.metering.responses import ResponseStore
 from services.metering.servicer import SERVICE_NAME, add_to_server
 from services.metering.sweeper import Sweeper, sweep_interval
 
@@ -35,12 +38,12 @@ def limiter(settings: Settings) -> Limiter | None:
 
 async def run(settings: Settings) -> None:
     """Migrates the schema to head, recounts requests in flight, then serves until
-    SIGINT/SIGTERM with the reservation sweeper running alongside.
+    SIGINT/SIGTERM with the sweepers of reservations and stored responses running alongside.
 
     Several replicas may run against one database and one Redis: migrations take an advisory
     lock (`db.migrate`), the sweepers of all replicas may run at once (closing a reservation is
-    conditional, so each is expired once), and with Redis nothing is recounted (the windows
-    live there).
+    conditional, so each is expired once; deleting expired responses twice deletes nothing
+    more), and with Redis nothing is recounted (the windows live there).
     """
     engine = create_engine(settings.resolved_database_url())
     try:
@@ -52,19 +55,33 @@ async def run(settings: Settings) -> None:
         # they are known only from the database.
         if inflight := await ledger.recover():
             log.info("%d admitted requests still in flight", inflight)
-        sweeper = Sweeper(ledger.expire_stale, sweep_interval(settings.reservation_ttl_s))
-        sweeper.start()
+        store = ResponseStore(engine, retention_s=settings.responses_retention_s)
+        sweepers = [
+            Sweeper(ledger.expire_stale, sweep_interval(settings.reservation_ttl_s)),
+            Sweeper(store.expire, sweep_interval(settings.responses_retention_s), "responses"),
+        ]
+        for sweeper in sweepers:
+            sweeper.start()
+
+        def register(server: grpc.aio.Server) -> None:
+            add_to_server(server, ledger)
+            responses_servicer.add_to_server(server, store)
+
+        async def stop_sweepers() -> None:
+            for sweeper in sweepers:
+                await sweeper.stop()
+
         try:
             await serve(
                 settings.metering_addr,
-                functools.partial(add_to_server, ledger=ledger),
-                [SERVICE_NAME],
-                on_stop=sweeper.stop,
+                register,
+                [SERVICE_NAME, responses_servicer.SERVICE_NAME],
+                on_stop=stop_sweepers,
                 grace_s=settings.drain_grace_s,
                 delay_s=settings.drain_delay_s,
             )
         finally:
-            await sweeper.stop()
+            await stop_sweepers()
             await ledger.aclose()
     finally:
         await engine.dispose()

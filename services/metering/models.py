@@ -1,4 +1,5 @@
-"""Metering's tables: plans and policies, budget counters, reservations and the usage ledger.
+"""Metering's tables: plans and policies, budget counters, reservations, the usage ledger and the
+stored responses of the Responses API.
 
 Records carry the public key id, never the key. Metering owns its own `MetaData` and migration
 history, so it can share a database with auth or live apart from it.
@@ -137,6 +138,25 @@ class UsageRow(Base):
     provider: Mapped[str] = mapped_column(String(32), server_default="")
 
 
+class StoredResponseRow(Base):
+    """A Responses API response kept for its organization until `expires_ms` (see
+    `services.metering.responses`); the JSON bodies are the edge's, opaque here."""
+
+    __tablename__ = "stored_responses"
+    __table_args__ = (Index("ix_stored_responses_expires_ms", "expires_ms"),)
+
+    org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    response_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    expires_ms: Mapped[int] = mapped_column(BigInteger)
+    response_json: Mapped[str] = mapped_column(Text)
+    input_items_json: Mapped[str] = mapped_column(Text)
+    conversation_json: Mapped[str] = mapped_column(Text)
+
+
 metadata = Base.metadata
 
 # The tables for Core statements (the hot paths use Core, not ORM sessions).
@@ -145,3 +165,4 @@ policies = cast(Table, PolicyRow.__table__)
 budget_counters = cast(Table, BudgetCounterRow.__table__)
 reservations = cast(Table, ReservationRow.__table__)
 usage_records = cast(Table, UsageRow.__table__)
+stored_responses = cast(Table, StoredResponseRow.__table__)

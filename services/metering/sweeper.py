@@ -1,4 +1,5 @@
-"""The background task that expires reservations whose requests never settled."""
+"""The background tasks that expire what outlived its time: reservations whose requests never
+settled, and stored responses past their retention."""
 
 from __future__ import annotations
 
@@ -22,15 +23,22 @@ class Sweeper:
     """Calls `sweep` every `interval_s` seconds until stopped; a failed sweep is logged and the
     next one tries again."""
 
-    def __init__(self, sweep: Callable[[], Awaitable[object]], interval_s: float) -> None:
+    def __init__(
+        self,
+        sweep: Callable[[], Awaitable[object]],
+        interval_s: float,
+        what: str = "reservations",
+    ) -> None:
         self._sweep = sweep
+        self._what = what
         self._interval_s = interval_s
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="sweeper")
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name=f"sweeper-{self._what}")
 
     async def stop(self) -> None:
         """Lets a sweep in progress finish (up to a grace period), then ends the task."""
@@ -54,4 +62,4 @@ class Sweeper:
             try:
                 await self._sweep()
             except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
-                log.exception("sweeping expired reservations failed")
+                log.exception("sweeping expired %s failed", self._what)
