@@ -166,10 +166,14 @@ async def admit(
     bounds: Callable[[Target], Bounds],
     *,
     x_api_key: bool = False,
+    principal: auth_pb2.Principal | None = None,
 ) -> Admission:
     """Authenticates the caller, resolves `model_ref` and reserves `bounds(model)` tokens: the
-    sequence every generating route runs before it calls anything that costs money."""
-    principal = await authenticate(backends, request, model_ref, x_api_key=x_api_key)
+    sequence every generating route runs before it calls anything that costs money. A route
+    that had to know the caller earlier (to read its stored state) passes the `principal` that
+    `authenticate` gave it for the same model."""
+    if principal is None:
+        principal = await authenticate(backends, request, model_ref, x_api_key=x_api_key)
     try:
         target = await backends.resolve(model_ref, principal.org_id)
     except grpc.aio.AioRpcError as exc:

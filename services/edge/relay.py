@@ -2,16 +2,17 @@
 request settled exactly once before the client sees the stream's end.
 
 A route supplies a `StreamCodec`: how each provider event becomes the frames its client
-receives (unchanged, edited or translated), what usage the events reported, and how the stream
-ends. `relay` drives it: a provider failure after output began ends the client's stream with an
-error event (billing what was delivered; no retry), and a client that goes away closes the
-provider's stream and is billed what was produced.
+receives (unchanged, edited or translated: SSE bytes, or objects for a caller that translates
+them further), what usage the events reported, and how the stream ends. `relay` drives it: a
+provider failure after output began ends the client's stream with an error event (billing what
+was delivered; no retry), and a client that goes away closes the provider's stream and is
+billed what was produced.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncGenerator, Sequence
+from typing import Protocol, TypeVar
 
 from services.edge.errors import APIError
 from services.edge.governance import Admission
@@ -22,18 +23,21 @@ from services.edge.providers.base import (
     stream_failure_error,
 )
 
+Frame = TypeVar("Frame", covariant=True)
+F = TypeVar("F")
 
-class StreamCodec(Protocol):
+
+class StreamCodec(Protocol[Frame]):
     """One route's view of a provider stream."""
 
     # Set once the provider's last event was seen; the end goes out only after settlement.
     finished: bool
 
-    def frames(self, event: SSEEvent) -> list[bytes]:
+    def frames(self, event: SSEEvent) -> Sequence[Frame]:
         """What to send the client for one provider event, now."""
         ...
 
-    def closing(self) -> list[bytes]:
+    def closing(self) -> Sequence[Frame]:
         """The frames that end the client's stream, sent after settlement."""
         ...
 
@@ -42,14 +46,14 @@ class StreamCodec(Protocol):
         the pieces delivered where a broken stream never reported them)."""
         ...
 
-    def error_frame(self, error: APIError) -> bytes:
+    def error_frame(self, error: APIError) -> Frame:
         """The event that ends a stream that failed after output began."""
         ...
 
 
 async def relay(
-    admission: Admission, stream: UpstreamStream, codec: StreamCodec, provider: str
-) -> AsyncIterator[bytes]:
+    admission: Admission, stream: UpstreamStream, codec: StreamCodec[F], provider: str
+) -> AsyncGenerator[F, None]:
     status = "cancelled"
 
     def account() -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from services.edge.backends import Backends
 from services.edge.errors import APIError, from_grpc
 from services.edge.governance import REFUSALS, Admission, Bounds, admit
+from services.edge.openai.answers import ChatAnswer, is_error
 from services.edge.openai.protocol import ChatCompletionRequest, CompletionRequest
 from services.edge.targets import Target
 from services.pb.engine.v1 import engine_pb2
@@ -169,6 +171,18 @@ async def handle(backends: Backends, request: Request, shape: Shape) -> Response
 
 async def generate(backends: Backends, shape: Shape, admission: Admission) -> Response:
     """The engine's answer to an admitted hosted-model request, streamed or whole."""
+    answer = await run(backends, shape, admission)
+    if answer.chunks is not None:
+        return StreamingResponse(
+            _sse(answer.chunks),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", **admission.headers},
+        )
+    return JSONResponse(answer.completion, headers=admission.headers)
+
+
+async def run(backends: Backends, shape: Shape, admission: Admission) -> ChatAnswer:
+    """The engine's answer to an admitted hosted-model request as data (see `answers`)."""
     req = shape.req
     target = admission.target
     gen = shape.generate_request(target.public_name)
@@ -202,12 +216,8 @@ async def generate(backends: Backends, shape: Shape, admission: Admission) -> Re
         "system_fingerprint": target.system_fingerprint,
     }
     if req.stream:
-        return StreamingResponse(
-            _sse(shape, call, stream, first, admission, meta),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", **admission.headers},
-        )
-    return await _collect(shape, call, stream, first, admission, meta)
+        return ChatAnswer(chunks=_chunks(shape, call, stream, first, admission, meta))
+    return ChatAnswer(completion=await _collect(shape, call, stream, first, admission, meta))
 
 
 def envelope(meta: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -229,7 +239,7 @@ async def _collect(
     first: engine_pb2.GenerateResponse,
     admission: Admission,
     meta: dict[str, Any],
-) -> Response:
+) -> dict[str, Any]:
     parts = [first.text]
     last = first
     try:
@@ -247,30 +257,39 @@ async def _collect(
     await admission.settle("ok")
     body = envelope(meta, shape.full("".join(parts), last.finish_reason or "stop"))
     body["usage"] = usage_json(admission.prompt_tokens, admission.completion_tokens)
-    return JSONResponse(body, headers=admission.headers)
+    return body
 
 
 def _event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _sse(
+async def _sse(chunks: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[bytes]:
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            yield _event(chunk)
+            if is_error(chunk):
+                return
+    yield b"data: [DONE]\n\n"
+
+
+async def _chunks(
     shape: Shape,
     call: Any,
     stream: AsyncIterator[engine_pb2.GenerateResponse],
     first: engine_pb2.GenerateResponse,
     admission: Admission,
     meta: dict[str, Any],
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[dict[str, Any], None]:
     include_usage = shape.req.include_usage()
     chat = isinstance(shape, ChatShape)
 
-    def frame(text: str | None, finish: str | None, first_chunk: bool) -> bytes:
+    def frame(text: str | None, finish: str | None, first_chunk: bool) -> dict[str, Any]:
         out = envelope(meta, shape.chunk(text, finish, first_chunk))
         if include_usage:
             # OpenAI sends "usage": null on every chunk but the last when usage is asked for.
             out["usage"] = None
-        return _event(out)
+        return out
 
     status = "cancelled"
     try:
@@ -294,12 +313,11 @@ async def _sse(
                 meta, {"object": shape.chunk(None, None, False)["object"], "choices": []}
             )
             last["usage"] = usage_json(admission.prompt_tokens, admission.completion_tokens)
-            yield _event(last)
-        yield b"data: [DONE]\n\n"
+            yield last
     except grpc.aio.AioRpcError as exc:
         status = "error"
         await admission.settle(status)
-        yield _event(from_grpc(exc, "engine").body())
+        yield from_grpc(exc, "engine").body()
     finally:
         if status == "cancelled":
             call.cancel()

@@ -1,11 +1,16 @@
 """Chat completions for upstream models: forwarded whole to an OpenAI-compatible provider, or
-translated to and from Anthropic's Messages API; streamed answers relayed as they arrive."""
+translated to and from Anthropic's Messages API; streamed answers relayed as they arrive.
+
+The Anthropic path is three steps that the Responses API reuses as they are: `anthropic_call`
+(the translation, before any hop), admission, and `run_anthropic` (the answer as data, see
+`services.edge.openai.answers`)."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,8 +19,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from services.edge.backends import Backends
 from services.edge.errors import APIError
-from services.edge.governance import Bounds, admit
+from services.edge.governance import Admission, Bounds, admit
 from services.edge.openai import bounds
+from services.edge.openai.answers import ChatAnswer, is_error
 from services.edge.providers import anthropic, anthropic_chat, openai
 from services.edge.providers.base import SSEEvent, UpstreamFailure, as_dict, dump, load_event
 from services.edge.providers.catalog import ANTHROPIC, UpstreamModel, parse
@@ -94,24 +100,67 @@ async def _openai(
 async def _anthropic(
     backends: Backends, request: Request, body: dict[str, Any], raw: bytes, model: UpstreamModel
 ) -> Response:
+    # Translated before any hop, so that what Anthropic cannot express is a 400 up front.
+    call = anthropic_call(backends, body, model)
+    admission = await admit(
+        backends, request, model.name, chat_bounds(body, len(raw), backends, completion=call.sent)
+    )
+    answer = await run_anthropic(
+        backends,
+        admission,
+        call,
+        stream=bool(body.get("stream")),
+        include_usage=openai.client_wants_usage(body),
+    )
+    if answer.chunks is None:
+        return JSONResponse(answer.completion, headers=admission.headers)
+    return StreamingResponse(
+        _sse(answer.chunks),
+        media_type="text/event-stream",
+        headers={**SSE_HEADERS, **admission.headers},
+    )
+
+
+@dataclass
+class AnthropicCall:
+    """An OpenAI chat request translated to a Messages request, before any hop."""
+
+    model: UpstreamModel
+    body: dict[str, Any]
+    headers: dict[str, str]
+    # The max_tokens the translation chose (the client's cap, else the default).
+    sent: int
+
+
+def anthropic_call(backends: Backends, body: dict[str, Any], model: UpstreamModel) -> AnthropicCall:
+    """`body` (OpenAI chat) as a Messages request; a 400 for what cannot be translated."""
     info = backends.catalog.info(model)
     default = info.default_max_tokens or backends.settings.anthropic_default_max_tokens
-    # Translated before any hop, so that what Anthropic cannot express is a 400 up front.
     message_body, extra_headers = anthropic_chat.chat_to_messages(body, model.model, default)
-    sent = int(message_body["max_tokens"])
-    admission = await admit(
-        backends, request, model.name, chat_bounds(body, len(raw), backends, completion=sent)
-    )
-    cap = admission.completion_cap(sent)
+    headers = {**anthropic.version_headers(), **extra_headers}
+    return AnthropicCall(model, message_body, headers, int(message_body["max_tokens"]))
+
+
+async def run_anthropic(
+    backends: Backends,
+    admission: Admission,
+    call: AnthropicCall,
+    *,
+    stream: bool,
+    include_usage: bool,
+) -> ChatAnswer:
+    """An admitted Anthropic request's answer as OpenAI chat objects (see `answers`)."""
+    model = call.model
+    message_body = dict(call.body)
+    cap = admission.completion_cap(call.sent)
     if cap is not None:
         message_body["max_tokens"] = cap
     provider = backends.providers[model.provider]
-    headers = {**anthropic.version_headers(), **extra_headers}
     key = await provider_key(backends, admission)
     rid = admission.request_id
     completion_id = "chatcmpl-" + uuid.uuid4().hex
     created = int(time.time())
-    if not body.get("stream"):
+    if not stream:
         message_body.pop("stream", None)
         answer = await guarded(
             admission,
@@ -121,7 +170,7 @@ async def _anthropic(
                 key,
                 model=model.name,
                 request_id=rid,
-                headers=headers,
+                headers=call.headers,
             ),
         )
         completion = anthropic_chat.message_to_completion(
@@ -130,9 +179,9 @@ async def _anthropic(
         usage = completion.get("usage") or {}
         account(admission, usage.get("prompt_tokens"), usage.get("completion_tokens"))
         await admission.settle("ok")
-        return JSONResponse(completion, headers=admission.headers)
+        return ChatAnswer(completion=completion)
     message_body["stream"] = True
-    stream = await guarded(
+    upstream = await guarded(
         admission,
         provider.post_stream(
             "/v1/messages",
@@ -140,20 +189,27 @@ async def _anthropic(
             key,
             model=model.name,
             request_id=rid,
-            headers=headers,
+            headers=call.headers,
         ),
     )
     translator = anthropic_chat.StreamTranslator(
         model=model.name,
         completion_id=completion_id,
         created=created,
-        include_usage=openai.client_wants_usage(body),
+        include_usage=include_usage,
     )
-    return StreamingResponse(
-        relay(admission, stream, TranslatedCodec(translator), model.provider),
-        media_type="text/event-stream",
-        headers={**SSE_HEADERS, **admission.headers},
-    )
+    codec = TranslatedCodec(translator)
+    return ChatAnswer(chunks=relay(admission, upstream, codec, model.provider))
+
+
+async def _sse(chunks: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[bytes]:
+    """Chat chunk objects as the client's SSE stream."""
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            yield data_frame(chunk)
+            if is_error(chunk):
+                return
+    yield DONE_FRAME
 
 
 def _has_output(chunk: dict[str, Any]) -> bool:
@@ -208,14 +264,14 @@ class OpenAIChatCodec:
 
 @dataclass
 class TranslatedCodec:
-    """An Anthropic stream as OpenAI chunks (`anthropic_chat.StreamTranslator`)."""
+    """An Anthropic stream as OpenAI chunk objects (`anthropic_chat.StreamTranslator`)."""
 
     translator: anthropic_chat.StreamTranslator
     finished: bool = False
     pieces: int = 0
     _closing: list[dict[str, Any]] = field(default_factory=list)
 
-    def frames(self, event: SSEEvent) -> list[bytes]:
+    def frames(self, event: SSEEvent) -> list[dict[str, Any]]:
         try:
             chunks = self.translator.feed(load_event(event.data))
         except anthropic_chat.AnthropicStreamError as exc:
@@ -227,10 +283,10 @@ class TranslatedCodec:
             self._closing = chunks
             return []
         self.pieces += sum(1 for c in chunks if _has_output(c))
-        return [data_frame(c) for c in chunks]
+        return chunks
 
-    def closing(self) -> list[bytes]:
-        return [*(data_frame(c) for c in self._closing), DONE_FRAME]
+    def closing(self) -> list[dict[str, Any]]:
+        return self._closing
 
     def usage(self) -> tuple[int, int]:
         usage = self.translator.usage()
@@ -240,5 +296,5 @@ class TranslatedCodec:
         # billed at least the pieces it delivered.
         return prompt, completion if self.finished else max(completion, self.pieces)
 
-    def error_frame(self, error: APIError) -> bytes:
-        return data_frame(error.body())
+    def error_frame(self, error: APIError) -> dict[str, Any]:
+        return error.body()

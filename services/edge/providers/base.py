@@ -299,10 +299,17 @@ class ProviderClient:
         await self.http.aclose()
 
     def _request(
-        self, path: str, body: bytes, key: ProviderKey, headers: dict[str, str] | None
+        self,
+        path: str,
+        body: bytes | None,
+        key: ProviderKey,
+        headers: dict[str, str] | None,
+        method: str = "POST",
+        params: dict[str, str] | None = None,
     ) -> httpx.Request:
-        merged = {"content-type": "application/json", **(headers or {}), **self.auth_headers(key)}
-        return self.http.build_request("POST", path, content=body, headers=merged)
+        content = {"content-type": "application/json"} if body is not None else {}
+        merged = {**content, **(headers or {}), **self.auth_headers(key)}
+        return self.http.build_request(method, path, content=body, headers=merged, params=params)
 
     async def post_json(
         self,
@@ -315,9 +322,28 @@ class ProviderClient:
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """A non-streamed call: the provider's JSON answer, after retries; or the client's error."""
+        return await self.call_json(
+            "POST", path, body, key, model=model, request_id=request_id, headers=headers
+        )
+
+    async def call_json(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        key: ProviderKey,
+        *,
+        model: str,
+        request_id: str,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """One call of any method answering JSON (e.g. GET or DELETE of a stored object), with
+        the retries and the failure table of `post_json`."""
 
         async def attempt() -> dict[str, Any]:
-            response = await self.http.send(self._request(path, body, key, headers))
+            request = self._request(path, body, key, headers, method, params)
+            response = await self.http.send(request)
             if not response.is_success:
                 raise await self._status_failure(response, key)
             try:
