@@ -88,6 +88,8 @@ class Backends:
         engine = self._channel(self.settings.engine_addr)
         self.auth = auth_pb2_grpc.AuthServiceStub(auth)
         self.metering = metering_pb2_grpc.MeteringServiceStub(metering)
+        # Responses of the Responses API that Sluice stores itself (metering keeps them).
+        self.responses = metering_pb2_grpc.ResponseStoreServiceStub(metering)
         self.engine = engine_pb2_grpc.EngineServiceStub(engine)
         self.catalog = Catalog.from_settings(self.settings)
         # Upstream models use each organization's provider key, decrypted by auth (cached briefly).

@@ -15,7 +15,7 @@ from services.edge.anthropic import messages
 from services.edge.backends import backends_of
 from services.edge.console import site as console
 from services.edge.metrics import metrics_endpoint
-from services.edge.openai import chat, completions, embeddings, models
+from services.edge.openai import chat, completions, embeddings, models, responses
 
 
 async def healthz(request: Request) -> Response:
@@ -49,6 +49,9 @@ ROUTES = [
     Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
     Route("/v1/completions", completions.completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
+    Route("/v1/responses", responses.create, methods=["POST"]),
+    Route("/v1/responses/{response_id}", responses.retrieve, methods=["GET"]),
+    Route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"]),
     Route("/v1/messages", messages.messages, methods=["POST"]),
     Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
     Route("/v1/models", models.list_models, methods=["GET"]),

@@ -13,6 +13,14 @@ Budgets must never be overshot, so a reservation bounds a request from above, ne
   request is bounded by the model's whole context;
 - completion: `max_completion_tokens` (or `max_tokens`), else the model's output cap, else its
   context; times `n`.
+
+A Responses API body is bounded the same way (`responses_prompt_bound`): its bytes, an
+allowance per input item and per tool, `input_image` parts at the model's maximum for one image
+(a `data:` URL's bytes counted as that instead), `input_file` parts by the whole context; and
+by the whole context too when the provider adds input Sluice cannot see: a
+`previous_response_id`, `conversation` or `prompt` it keeps itself, or built-in tools (web and
+file search, ...) whose results enter the input. The completion is `max_output_tokens`, else
+the model's output cap, else its context.
 """
 
 from __future__ import annotations
@@ -147,3 +155,63 @@ def positive_int(body: dict[str, Any], name: str, maximum: int = 2**31 - 1) -> N
             param=name,
             code="invalid_value",
         )
+
+
+# Responses API tools whose calls the client runs itself: their results come back in the input.
+CLIENT_TOOLS = frozenset({"function", "custom"})
+
+
+def _responses_parts(items: Any) -> Iterator[dict[str, Any]]:
+    """The content parts of Responses input items (messages and function call outputs)."""
+    if not isinstance(items, list):
+        return
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        for name in ("content", "output"):
+            value = item.get(name)
+            if isinstance(value, list):
+                yield from (part for part in value if isinstance(part, dict))
+
+
+def responses_prompt_bound(body: dict[str, Any], raw_size: int, image_tokens: int) -> int | None:
+    """Input tokens a Responses API body can cost at most; None when only the context bounds
+    it (see the module doc)."""
+    if any(body.get(name) for name in ("previous_response_id", "conversation", "prompt")):
+        return None
+    tools = body.get("tools")
+    tools = tools if isinstance(tools, list) else []
+    if any(not isinstance(t, dict) or t.get("type") not in CLIENT_TOOLS for t in tools):
+        return None
+    size = raw_size + FIXED_OVERHEAD_TOKENS + TOOL_OVERHEAD_TOKENS * len(tools)
+    items = body.get("input")
+    size += MESSAGE_OVERHEAD_TOKENS * (len(items) if isinstance(items, list) else 1)
+    for part in _responses_parts(items):
+        kind = part.get("type")
+        if kind == "input_image":
+            url = part.get("image_url")
+            if isinstance(url, str) and url.startswith("data:"):
+                size -= len(url.encode())
+            size += image_tokens
+        elif kind == "input_file":
+            return None
+    return max(size, 1)
+
+
+def check_responses_body(body: dict[str, Any]) -> None:
+    """The fields governance reads in a Responses API body, checked before any hop; the
+    provider validates the rest."""
+    value = body.get("input")
+    if value is not None and not isinstance(value, str | list):
+        raise APIError(
+            400,
+            "'input' must be a string or an array of input items.",
+            param="input",
+            code="invalid_value",
+        )
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise APIError(400, "'tools' must be an array.", param="tools", code="invalid_value")
+    positive_int(body, "max_output_tokens")
+    if "stream" in body and not isinstance(body["stream"], bool | None):
+        raise APIError(400, "'stream' must be a boolean.", param="stream", code="invalid_value")

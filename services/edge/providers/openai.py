@@ -4,6 +4,8 @@ The only edits to a request are the documented ones (`forward_body`): `model` be
 provider's model name; a streamed request asks for usage (`stream_options.include_usage`), so
 that billing uses the provider's own numbers; and a completion cap (`max_completion_tokens`, or
 the `max_tokens` the client used) is lowered where the organization's plan caps the context.
+A Responses API body (`forward_responses_body`) gets the model name and its
+`max_output_tokens` lowered the same way, nothing else.
 Answers come back with `model` as `openai/<the provider's model>`; a stream whose client did not
 ask for usage has the usage chunk and the `usage: null` fields that asking adds taken out again,
 so the client sees what the provider would have sent it.
@@ -81,6 +83,21 @@ def forward_body(
             **(options if isinstance(options, dict) else {}),
             "include_usage": True,
         }
+    return out
+
+
+def forward_responses_body(
+    body: dict[str, Any], model: str, *, completion_cap: int | None
+) -> dict[str, Any]:
+    """A Responses API body as sent upstream: the client's, with `model` the provider's name and
+    `max_output_tokens` lowered to `completion_cap` (the plan's) where it is higher or absent.
+    Streams need no edit for billing: their `response.completed` carries the usage."""
+    out = dict(body)
+    out["model"] = model
+    if completion_cap is not None:
+        wanted = body.get("max_output_tokens")
+        if not isinstance(wanted, int) or wanted > completion_cap:
+            out["max_output_tokens"] = completion_cap
     return out
 
 
