@@ -11,7 +11,7 @@ Control API (the same for every fake):
   (injected status), "rejected" (bad key or body), "dropped", "error_event" or "aborted" (the
   client went away mid-stream).
 - ``DELETE /_control/requests``: clears that log.
-- ``POST /_control/reset``: default script and an empty log.
+- ``POST /_control/reset``: default script, an empty log, and nothing stored.
 """
 
 from __future__ import annotations
@@ -158,6 +158,8 @@ class FakeState:
     script: Script = field(default_factory=Script)
     records: list[Record] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Objects the provider keeps by id (OpenAI's stored responses), until a reset.
+    stored: dict[str, Any] = field(default_factory=dict)
 
     def set_script(self, **fields: Any) -> Script:
         with self.lock:
@@ -168,6 +170,7 @@ class FakeState:
         with self.lock:
             self.script = Script()
             self.records.clear()
+            self.stored.clear()
 
     def requests(self) -> list[dict[str, Any]]:
         with self.lock:

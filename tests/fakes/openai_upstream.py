@@ -1,7 +1,8 @@
 """A loopback stand-in for OpenAI's API, scripted through the control API of `tests.fakes.harness`:
 `POST /v1/chat/completions` (streaming and not; text, tool calls, `n` choices, logprobs),
-`POST /v1/embeddings` and `GET /v1/models`. Requests are checked roughly as the real API checks
-them (`tests.fakes.openai_validation`) and refused with a 400 in OpenAI's error shape.
+`POST /v1/embeddings`, `GET /v1/models`, and the Responses API
+(`tests.fakes.openai_responses`). Requests are checked roughly as the real API checks them
+(`tests.fakes.openai_validation`) and refused with a 400 in OpenAI's error shape.
 
 Chat answers: `Script.reply` (streamed as `Script.pieces()`), or `Script.tool_calls` (ids
 `call_<random>`, finish_reason "tool_calls", content null unless `reply` is not empty) unless
@@ -46,6 +47,7 @@ from tests.fakes.harness import (
     random_id,
     retry_headers,
 )
+from tests.fakes.openai_responses import responses_routes
 from tests.fakes.openai_validation import chat_problem, embedding_inputs, embeddings_problem
 
 # status -> (error type, default code, default message), as OpenAI answers them.
@@ -352,6 +354,7 @@ def build_app(state: FakeState) -> Starlette:
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            *responses_routes(state, admit, error_response),
             *control_routes(state),
         ]
     )
