@@ -26,15 +26,16 @@ Request fields:
 - instructions (a string) -> a system message before everything else; like OpenAI, the
   instructions of a previous response are not carried over (the stored conversation holds
   input and output items only).
-- max_output_tokens -> max_completion_tokens; temperature, top_p, parallel_tool_calls as they
-  are; user -> user (safety_identifier too, where no user is sent: both only identify the end
-  user).
+- max_output_tokens -> max_completion_tokens; temperature, top_p as they are; user -> user
+  (safety_identifier too, where no user is sent: both only identify the end user).
 - tools: function tools in the flat shape (`name`, `description`, `parameters`, `strict`) ->
   chat's nested `function`; `strict` is sent only when the client sent it. Built-in tools
   (web_search, file_search, code_interpreter, computer use, image generation, mcp, custom, ...)
   are refused naming `tools[i].type`: only OpenAI's own models run them (`openai/<model>`).
 - tool_choice: "none", "auto", "required" as they are; `{"type": "function", "name"}` -> chat's
-  named function; allowed_tools and built-in tool choices refused.
+  named function; allowed_tools and built-in tool choices refused. tool_choice and
+  parallel_tool_calls go with tools only: without tools, "none", "auto" and parallel_tool_calls
+  change nothing and are not sent, and any other choice is refused.
 - text.format: `text` -> nothing; `json_object` -> response_format json_object; `json_schema`
   (`name`, `schema`, `strict`, `description`) -> response_format json_schema. text.verbosity:
   only "medium" (the default; no model here takes another).
@@ -255,18 +256,12 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]]) -> ChatPlan:
         ("max_output_tokens", "max_completion_tokens"),
         ("temperature", "temperature"),
         ("top_p", "top_p"),
-        ("parallel_tool_calls", "parallel_tool_calls"),
     ):
         if body.get(src) is not None:
             chat[dst] = body[src]
     if user := body.get("user") or body.get("safety_identifier"):
         chat["user"] = user
-    if body.get("tools"):
-        chat["tools"] = _tools(body["tools"])
-    elif body.get("tools") is not None and not isinstance(body["tools"], list):
-        raise invalid("tools", "'tools' must be an array.")
-    if body.get("tool_choice") is not None:
-        chat["tool_choice"] = _tool_choice(body["tool_choice"])
+    _tools_and_choice(body, chat)
     if (response_format := _text(body.get("text"))) is not None:
         chat["response_format"] = response_format
     if (effort := _reasoning(body.get("reasoning"))) is not None:
@@ -377,6 +372,24 @@ def _output(item: dict[str, Any], p: str) -> str | list[dict[str, Any]]:
         if all(part["type"] == "text" for part in parts):
             return parts
     raise invalid(f"{p}.output", "A function_call_output's 'output' must be text.")
+
+
+def _tools_and_choice(body: dict[str, Any], chat: dict[str, Any]) -> None:
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise invalid("tools", "'tools' must be an array.")
+    choice = body.get("tool_choice")
+    if not tools:
+        # Without tools, "none", "auto" and parallel_tool_calls change nothing, and are not
+        # sent (a model that takes no tools would refuse them); any other choice needs tools.
+        if choice not in (None, "none", "auto"):
+            raise invalid("tool_choice", "This tool_choice needs 'tools'.")
+        return
+    chat["tools"] = _tools(tools)
+    if choice is not None:
+        chat["tool_choice"] = _tool_choice(choice)
+    if body.get("parallel_tool_calls") is not None:
+        chat["parallel_tool_calls"] = body["parallel_tool_calls"]
 
 
 _TOOL_KEYS = frozenset({"type", "name", "description", "parameters", "strict"})

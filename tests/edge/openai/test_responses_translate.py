@@ -212,7 +212,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         },
     ),
     (
-        "json_object; what changes nothing is accepted and not sent",
+        "json_object; what changes nothing is accepted and not sent (tool settings without tools)",
         {
             "model": M,
             "input": "Hi",
@@ -228,6 +228,9 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
             "top_logprobs": 0,
             "reasoning": {"effort": None, "summary": None},
             "safety_identifier": "end-user-9",
+            "tool_choice": "auto",
+            "parallel_tool_calls": False,
+            "tools": [],
         },
         {
             "model": M,
@@ -272,8 +275,10 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"tools": [{"type": "computer_use_preview"}]}, "tools[0].type"),
     ({"tools": [{**WEATHER, "defer_loading": True}]}, "tools[0].defer_loading"),
     ({"tools": [{"type": "function"}]}, "tools[0].name"),
-    ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
-    ({"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto"}},
+     "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
     ({"background": True}, "background"),
     ({"conversation": "conv_1"}, "conversation"),
     ({"prompt": {"id": "pmpt_1"}}, "prompt"),
