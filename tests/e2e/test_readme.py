@@ -50,6 +50,13 @@ def test_readme_grpc_example(stack: Stack) -> None:
     assert "completion_tokens" in out
 
 
+def test_readme_responses_example(gov: Services, byok: dict[str, str]) -> None:
+    out = byok_example(gov, byok, "client.responses.create(")
+    first, second = out.strip().splitlines()[0], out.strip().splitlines()[-1]
+    assert "Paris" in first
+    assert second.endswith("True")  # the follow-up's input held the first turn
+
+
 def byok_example(gov: Services, byok: dict[str, str], marker: str) -> str:
     block = next(b for b in python_blocks() if marker in b)
     edge = gov.edges["edge"].base_url.removesuffix("/v1").removeprefix("http://")
