@@ -281,3 +281,26 @@ def test_what_anthropic_models_cannot_do_is_refused_by_name(
         c.responses.create(model=CLAUDE, input="Hi", **extra)
     assert err.value.param == param
     assert received(gov, "anthropic") == []
+
+
+@pytest.mark.parametrize("model", [GPT, CLAUDE])
+def test_a_stream_that_breaks_after_output_began(
+    gov: Services, byok: dict[str, str], model: str
+) -> None:
+    provider = model.split("/")[0]
+    script(gov, provider, reply="one two three four", error_event_after_chunks=2)
+    with client(gov, byok["key"]) as c:
+        events = list(c.responses.create(model=model, input="Count.", stream=True))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) == 2
+    last = events[-1]
+    if provider == "openai":
+        # Sluice's error event ends the stream, numbered after the last event relayed.
+        assert last.type == "error" and last.code == "upstream_stream_failed"  # type: ignore[union-attr]
+    else:
+        assert last.type == "response.failed"
+        assert last.response.status == "failed"  # type: ignore[union-attr]
+        assert last.response.output_text == "one two "  # type: ignore[union-attr]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    (row,) = gov.ledger(byok["org"])
+    assert row["status"] == "error" and row["completion_tokens"] >= 2

@@ -156,12 +156,13 @@ class ResponsesCodec:
     def frames(self, event: SSEEvent) -> list[bytes]:
         obj = load_event(event.data)
         kind = str(obj.get("type") or event.event)
-        if isinstance(obj.get("sequence_number"), int):
-            self.sequence = obj["sequence_number"]
         if kind == "error":
             raise UpstreamFailure(
                 "stream", str(obj.get("message") or "error event"), code=str(obj.get("code") or "")
             )
+        # The last number the client saw: an error event that ends the stream takes the next.
+        if isinstance(obj.get("sequence_number"), int):
+            self.sequence = obj["sequence_number"]
         data = event.data.encode()
         if kind in LIFECYCLE and isinstance(obj.get("response"), dict):
             response = public_response(obj["response"], self.model)

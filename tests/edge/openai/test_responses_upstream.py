@@ -131,7 +131,7 @@ def test_a_broken_stream_is_billed_its_pieces_and_ends_with_an_error_event() -> 
         codec.frames(e)
     assert not codec.finished and codec.usage() == (0, 1)
     with pytest.raises(UpstreamFailure):
-        codec.frames(event("error", sequence_number=2, code="server_error", message="boom"))
+        codec.frames(event("error", sequence_number=9, code="server_error", message="boom"))
     frame = codec.error_frame(
         APIError(502, "The OpenAI stream failed", code="upstream_stream_failed")
     )
@@ -139,7 +139,7 @@ def test_a_broken_stream_is_billed_its_pieces_and_ends_with_an_error_event() -> 
     err = json.loads(frame.split(b"data: ", 1)[1])
     assert err == {
         "type": "error",
-        "sequence_number": 3,
+        "sequence_number": 2,
         "code": "upstream_stream_failed",
         "message": "The OpenAI stream failed",
         "param": None,
