@@ -108,14 +108,36 @@ def is_anthropic_route(path: str) -> bool:
     return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
+def _union_tag(part: Any) -> bool:
+    """Whether a location part names a union member or validator (`NamedToolChoice`,
+    `literal['none','auto']`, `function-after[...]`) rather than a field."""
+    return isinstance(part, str) and (part[:1].isupper() or any(c in part for c in "[]'(-"))
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """A validation location as OpenAI names parameters: `messages[0].content[1].type`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
 def from_validation(exc: ValidationError) -> APIError:
     """The first validation problem, as a 400 naming the offending parameter."""
     err = exc.errors()[0]
+    loc = [p for p in err.get("loc", ()) if not _union_tag(p)]
+    where = field_path(loc)
     original = (err.get("ctx") or {}).get("error")
     if isinstance(original, UnsupportedField):
-        return APIError(400, original.message, param=original.param, code="unsupported_parameter")
-    loc = [str(p) for p in err.get("loc", ())]
-    param = ".".join(loc) if loc else None
+        # A nested validator names its field relative to where it stands.
+        named = original.param
+        if where:
+            named = where + named if named.startswith("[") else f"{where}.{named}"
+        return APIError(400, original.message, param=named, code="unsupported_parameter")
+    param: str | None = where or None
     msg = err.get("msg", "invalid request")
     if err.get("type") == "missing":
         return APIError(
@@ -123,6 +145,13 @@ def from_validation(exc: ValidationError) -> APIError:
             f"Missing required parameter: '{param}'.",
             param=param,
             code="missing_required_parameter",
+        )
+    if err.get("type") == "extra_forbidden":
+        return APIError(
+            400,
+            f"Unrecognized request argument supplied: {param}",
+            param=param,
+            code="unknown_parameter",
         )
     return APIError(400, f"Invalid value for '{param}': {msg}", param=param, code="invalid_value")
 

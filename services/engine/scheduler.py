@@ -439,7 +439,8 @@ class Scheduler:
         seq.generated += 1
         seq.unreported += 1
         seq.last_token = token
-        if seq.sampler.logprobs is not None:
+        # The end-of-sequence token is counted in usage but, as in OpenAI's API, has no entry.
+        if seq.sampler.logprobs is not None and token not in self.eos:
             seq.pending_logprobs.append(sampled)
         if token in self.eos:
             self._finish(seq, reason=self._end_reason(seq))

@@ -43,6 +43,12 @@ def test_readme_sdk_example(stack: Stack) -> None:
     assert "smollm2-135m-instruct@sha256:" in out
 
 
+def test_readme_structured_output_example(stack: Stack) -> None:
+    block = next(b for b in python_blocks() if "completions.parse(" in b)
+    out = run_example(stack, block)
+    assert re.fullmatch(r"name='[^']+' country='[^']+'\n", out)
+
+
 def test_readme_grpc_example(stack: Stack) -> None:
     grpc_block = next(b for b in python_blocks() if "engine_pb2_grpc" in b)
     out = run_example(stack, grpc_block)

@@ -21,123 +21,60 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from services.edge.backends import Backends
 from services.edge.errors import APIError, from_grpc
 from services.edge.governance import REFUSALS, Admission, Bounds, admit
+from services.edge.openai import hosted_request
 from services.edge.openai.answers import ChatAnswer, is_error
+from services.edge.openai.hosted_choices import ChunkChoices, Collected
 from services.edge.openai.protocol import ChatCompletionRequest, CompletionRequest
 from services.edge.targets import Target
 from services.pb.engine.v1 import engine_pb2
 
-# A chat template's overhead in tokens, used only to bound the reservation from above (a token is
-# at least one byte of text, so bytes bound the rest): per message (role markers, separators),
-# and once per request (a default system prompt the template adds, the assistant header).
-TEMPLATE_OVERHEAD_TOKENS = 16
-TEMPLATE_FIXED_TOKENS = 96
-
-
-def sampling(req: ChatCompletionRequest | CompletionRequest) -> engine_pb2.SamplingParams:
-    params = engine_pb2.SamplingParams()
-    if req.temperature is not None:
-        params.temperature = req.temperature
-    if req.top_p is not None:
-        params.top_p = req.top_p
-    if req.top_k is not None:
-        params.top_k = req.top_k
-    if req.seed is not None:
-        params.seed = req.seed
-    return params
-
-
-def completion_bound(limit: int | None, model: engine_pb2.ModelInfo) -> int:
-    """The most completion tokens a request can produce: its own cap, else the model's."""
-    bound = limit or model.default_max_tokens or model.context_length
-    return min(bound, model.context_length) if model.context_length else bound
-
 
 @dataclass
 class ChatShape:
-    """Wraps engine output as `chat.completion` / `chat.completion.chunk` objects."""
+    """A chat request: its engine request, bounds, and `chat.completion` objects."""
 
     req: ChatCompletionRequest
+    object_name = "chat.completion"
+    chunk_name = "chat.completion.chunk"
 
     def generate_request(self, model: str) -> engine_pb2.GenerateRequest:
-        msgs = engine_pb2.Messages(
-            messages=[
-                engine_pb2.ChatMessage(role=m.role, content=m.text()) for m in self.req.messages
-            ]
-        )
-        out = engine_pb2.GenerateRequest(
-            model=model, messages=msgs, sampling=sampling(self.req), stop=self.req.stop_list()
-        )
-        if (limit := self.req.token_limit()) is not None:
-            out.max_tokens = limit
-        return out
+        return hosted_request.chat_request(self.req, model)
 
     def bounds(self, target: Target) -> Bounds:
-        size = sum(len(m.text().encode()) + TEMPLATE_OVERHEAD_TOKENS for m in self.req.messages)
-        return Bounds(
-            size + TEMPLATE_FIXED_TOKENS, completion_bound(self.req.token_limit(), target.info)
-        )
+        return hosted_request.chat_bounds(self.req, target)
 
-    def full(self, text: str, finish: str) -> dict[str, Any]:
-        return {
-            "object": "chat.completion",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            ],
-        }
+    def collected(self) -> Collected:
+        named = self.req.named_function() is not None
+        return Collected(chat=True, logprobs=bool(self.req.logprobs), named_function=named)
 
-    def chunk(self, text: str | None, finish: str | None, first: bool) -> dict[str, Any]:
-        delta: dict[str, Any] = {}
-        if first:
-            delta["role"] = "assistant"
-        if text is not None:
-            delta["content"] = text
-        return {
-            "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
+    def chunk_choices(self) -> ChunkChoices:
+        named = self.req.named_function() is not None
+        return ChunkChoices(chat=True, logprobs=bool(self.req.logprobs), named_function=named)
 
 
 @dataclass
 class CompletionShape:
-    """Wraps engine output as legacy `text_completion` objects."""
+    """A legacy completions request: its engine request, bounds, `text_completion` objects."""
 
     req: CompletionRequest
+    object_name = "text_completion"
+    chunk_name = "text_completion"
 
     def generate_request(self, model: str) -> engine_pb2.GenerateRequest:
-        out = engine_pb2.GenerateRequest(
-            model=model,
-            prompt=self.req.prompt_text(),
-            sampling=sampling(self.req),
-            stop=self.req.stop_list(),
-        )
-        if (limit := self.req.token_limit()) is not None:
-            out.max_tokens = limit
-        return out
+        return hosted_request.completion_request(self.req, model)
 
     def bounds(self, target: Target) -> Bounds:
-        return Bounds(
-            len(self.req.prompt_text().encode()) + 1,
-            completion_bound(self.req.token_limit(), target.info),
+        return hosted_request.completion_bounds(self.req, target)
+
+    def collected(self) -> Collected:
+        logprobs = self.req.logprobs is not None
+        return Collected(chat=False, logprobs=logprobs, prompt_length=len(self.req.prompt_text()))
+
+    def chunk_choices(self) -> ChunkChoices:
+        logprobs = self.req.logprobs is not None
+        return ChunkChoices(
+            chat=False, logprobs=logprobs, prompt_length=len(self.req.prompt_text())
         )
-
-    def full(self, text: str, finish: str) -> dict[str, Any]:
-        return {
-            "object": "text_completion",
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-        }
-
-    def chunk(self, text: str | None, finish: str | None, first: bool) -> dict[str, Any]:
-        return {
-            "object": "text_completion",
-            "choices": [
-                {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-            ],
-        }
 
 
 Shape = ChatShape | CompletionShape
@@ -240,13 +177,12 @@ async def _collect(
     admission: Admission,
     meta: dict[str, Any],
 ) -> dict[str, Any]:
-    parts = [first.text]
-    last = first
+    collected = shape.collected()
+    collected.add(first)
     try:
         async for msg in stream:
             admission.observe(msg)
-            parts.append(msg.text)
-            last = msg
+            collected.add(msg)
     except grpc.aio.AioRpcError as exc:
         await admission.settle("error")
         raise admission.error(from_grpc(exc, "engine")) from None
@@ -255,7 +191,7 @@ async def _collect(
         admission.settle("cancelled")
         raise
     await admission.settle("ok")
-    body = envelope(meta, shape.full("".join(parts), last.finish_reason or "stop"))
+    body = envelope(meta, {"object": shape.object_name, "choices": collected.payload()})
     body["usage"] = usage_json(admission.prompt_tokens, admission.completion_tokens)
     return body
 
@@ -282,10 +218,10 @@ async def _chunks(
     meta: dict[str, Any],
 ) -> AsyncGenerator[dict[str, Any], None]:
     include_usage = shape.req.include_usage()
-    chat = isinstance(shape, ChatShape)
+    choices = shape.chunk_choices()
 
-    def frame(text: str | None, finish: str | None, first_chunk: bool) -> dict[str, Any]:
-        out = envelope(meta, shape.chunk(text, finish, first_chunk))
+    def frame(payload: list[dict[str, Any]]) -> dict[str, Any]:
+        out = envelope(meta, {"object": shape.chunk_name, "choices": payload})
         if include_usage:
             # OpenAI sends "usage": null on every chunk but the last when usage is asked for.
             out["usage"] = None
@@ -294,14 +230,11 @@ async def _chunks(
     status = "cancelled"
     try:
         msg: engine_pb2.GenerateResponse | None = first
-        sent_first = False
         while msg is not None:
-            if msg.text or not sent_first:
-                yield frame(msg.text, None, not sent_first)
-                sent_first = True
-            if msg.finish_reason:
-                yield frame(None if chat else "", msg.finish_reason, False)
-                break
+            for payload in choices.of(msg):
+                yield frame(payload)
+            if msg.HasField("usage"):
+                break  # the stream's last message: every choice has finished
             msg = await anext(stream, None)
             if msg is not None:
                 admission.observe(msg)
@@ -309,9 +242,7 @@ async def _chunks(
         # Settled before the client sees the end, so the ledger already holds the record.
         await admission.settle(status)
         if include_usage:
-            last = envelope(
-                meta, {"object": shape.chunk(None, None, False)["object"], "choices": []}
-            )
+            last = envelope(meta, {"object": shape.chunk_name, "choices": []})
             last["usage"] = usage_json(admission.prompt_tokens, admission.completion_tokens)
             yield last
     except grpc.aio.AioRpcError as exc:
