@@ -84,7 +84,7 @@ def test_malformed_json_is_400(stack: Stack) -> None:
         ({"temperature": 5}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"max_tokens": 0}, "max_tokens"),
-        ({"n": 3}, "n"),
+        ({"n": 129}, "n"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ],
 )
