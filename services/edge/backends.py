@@ -16,6 +16,7 @@ from starlette.requests import Request
 from services.common.channels import aio_channel
 from services.common.settings import Settings
 from services.edge.client_ip import IPNetwork, parse_networks
+from services.edge.drain import Drain
 from services.edge.errors import APIError, from_grpc
 from services.edge.metrics import EdgeMetrics
 from services.edge.providers import anthropic, openai
@@ -79,6 +80,8 @@ class Backends:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     admin_token: bytes = b""
     providers: dict[str, ProviderClient] = field(default_factory=dict)
+    # Started by the server on SIGTERM (services.edge.drain); read by /readyz and the streams.
+    drain: Drain = field(default_factory=Drain)
 
     def __post_init__(self) -> None:
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
@@ -98,6 +101,9 @@ class Backends:
                 openai.OPENAI: openai.client(s, provider_http(s.openai_base_url, s)),
                 anthropic.ANTHROPIC: anthropic.client(s, provider_http(s.anthropic_base_url, s)),
             }
+
+    async def start(self) -> None:
+        """Starts what runs in the background (nothing yet)."""
 
     def _channel(self, addr: str) -> grpc.aio.Channel:
         # Every replica the address names, round robin over those passing health checks, with

@@ -22,7 +22,8 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when auth, metering and engine all answer their gRPC health checks."""
+    """Ready when auth, metering and engine all answer their gRPC health checks and the edge is
+    not draining."""
     backends = backends_of(request)
 
     async def check(name: str, channel: grpc.aio.Channel) -> tuple[str, str]:
@@ -37,11 +38,10 @@ async def readyz(request: Request) -> Response:
     names = ("auth", "metering", "engine")
     checks = (check(n, c) for n, c in zip(names, backends.channels, strict=True))
     results = dict(await asyncio.gather(*checks))
-    ready = all(v == "SERVING" for v in results.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "services": results},
-        status_code=200 if ready else 503,
-    )
+    draining = backends.drain.draining
+    ready = all(v == "SERVING" for v in results.values()) and not draining
+    status = "draining" if draining else "ready" if ready else "not_ready"
+    return JSONResponse({"status": status, "services": results}, status_code=200 if ready else 503)
 
 
 ROUTES = [
