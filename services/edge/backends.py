@@ -1,5 +1,6 @@
-"""What the edge talks to, opened in the app's lifespan: gRPC clients of auth, metering and the
-engine, and the HTTP clients of the organizations' providers (bring-your-own-key models)."""
+"""What the edge talks to, opened in the app's lifespan: gRPC clients of auth and metering, the
+engines (services.edge.engines), and the HTTP clients of the organizations' providers
+(bring-your-own-key models)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from services.common.channels import aio_channel
 from services.common.settings import Settings
 from services.edge.client_ip import IPNetwork, parse_networks
 from services.edge.drain import Drain
+from services.edge.engines import EnginePool, EnginePoolCollector, no_engine_error
 from services.edge.errors import APIError, from_grpc
 from services.edge.metrics import EdgeMetrics
 from services.edge.providers import anthropic, openai
@@ -88,10 +90,11 @@ class Backends:
         self.admin_token = self.settings.resolved_admin_token()
         auth = self._channel(self.settings.auth_addr)
         metering = self._channel(self.settings.metering_addr)
-        engine = self._channel(self.settings.engine_addr)
         self.auth = auth_pb2_grpc.AuthServiceStub(auth)
         self.metering = metering_pb2_grpc.MeteringServiceStub(metering)
-        self.engine = engine_pb2_grpc.EngineServiceStub(engine)
+        # One channel per engine, chosen per request by load (services.edge.engines).
+        self.engines = EnginePool(self.settings.engine_addr, self.drain)
+        self.metrics.registry.register(EnginePoolCollector(self.engines))
         self.catalog = Catalog.from_settings(self.settings)
         # Upstream models use each organization's provider key, decrypted by auth (cached briefly).
         self.credentials = AuthCredentials(self.auth)
@@ -103,7 +106,18 @@ class Backends:
             }
 
     async def start(self) -> None:
-        """Starts what runs in the background (nothing yet)."""
+        """Starts what runs in the background: the engines' health watches and DNS
+        resolution."""
+        await self.engines.start()
+
+    @property
+    def engine(self) -> engine_pb2_grpc.EngineServiceStub:
+        """A stub of one healthy engine, for a unary call that needs no failover; generation
+        goes through `engines.generate`, lookups through `engines.unary`."""
+        engine = self.engines.pick()
+        if engine is None:
+            raise no_engine_error()
+        return engine.stub
 
     def _channel(self, addr: str) -> grpc.aio.Channel:
         # Every replica the address names, round robin over those passing health checks, with
@@ -127,8 +141,10 @@ class Backends:
         cached = self._models.get(name)
         if cached and now - cached[0] < MODEL_CACHE_TTL_S:
             return cached[1]
-        info: engine_pb2.ModelInfo = await self.engine.ResolveModel(
-            engine_pb2.ResolveModelRequest(model=name), timeout=CONTROL_TIMEOUT_S
+        info: engine_pb2.ModelInfo = await self.engines.unary(
+            lambda stub: stub.ResolveModel,
+            engine_pb2.ResolveModelRequest(model=name),
+            CONTROL_TIMEOUT_S,
         )
         if len(self._models) >= MODEL_CACHE_SIZE:
             self._models.clear()
@@ -139,8 +155,8 @@ class Backends:
         """The hosted models, then the listed models of every provider the organization holds
         a credential for."""
         try:
-            resp = await self.engine.ListModels(
-                engine_pb2.ListModelsRequest(), timeout=CONTROL_TIMEOUT_S
+            resp = await self.engines.unary(
+                lambda stub: stub.ListModels, engine_pb2.ListModelsRequest(), CONTROL_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc, "engine") from None
@@ -155,11 +171,13 @@ class Backends:
             raise no_credential(target.info.name, target.upstream.provider) from None
 
     async def close(self) -> None:
-        if self.pending:
+        # Every admitted request settles before the edge exits.
+        while self.pending:
             await asyncio.gather(*list(self.pending), return_exceptions=True)
         for provider in self.providers.values():
             await provider.aclose()
         self.credentials.clear()
+        await self.engines.close()
         for channel in self.channels:
             await channel.close()
 
