@@ -1,6 +1,6 @@
 """What the edge talks to, opened in the app's lifespan: gRPC clients of auth and metering, the
-engines (services.edge.engines), and the HTTP clients of the organizations' providers
-(bring-your-own-key models)."""
+engines (services.edge.engines), the HTTP clients of the organizations' providers
+(bring-your-own-key models), and the settlements with their outbox."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ from services.edge.drain import Drain
 from services.edge.engines import EnginePool, EnginePoolCollector, no_engine_error
 from services.edge.errors import APIError, from_grpc
 from services.edge.metrics import EdgeMetrics
+from services.edge.outbox import Outbox, outbox_path
 from services.edge.providers import anthropic, openai
 from services.edge.providers.base import ProviderClient
 from services.edge.providers.catalog import Catalog, is_upstream, parse
 from services.edge.providers.credentials import AuthCredentials, NoCredential, ProviderKey
+from services.edge.settlements import Settlements, SettlementsCollector
 from services.edge.targets import Target
 from services.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.pb.engine.v1 import engine_pb2, engine_pb2_grpc
@@ -36,6 +38,9 @@ MODEL_CACHE_TTL_S = 5.0
 # Short deadlines for governance calls: a slow dependency must fail the request, not hang it.
 CONTROL_TIMEOUT_S = 10.0
 MODEL_CACHE_SIZE = 10_000
+# At shutdown, how long the edge keeps trying to deliver its kept settlements before it leaves
+# them in the outbox for its next start.
+OUTBOX_FLUSH_S = 5.0
 
 T = TypeVar("T")
 
@@ -94,7 +99,9 @@ class Backends:
         self.metering = metering_pb2_grpc.MeteringServiceStub(metering)
         # One channel per engine, chosen per request by load (services.edge.engines).
         self.engines = EnginePool(self.settings.engine_addr, self.drain)
+        self.settlements = Settlements(self.metering)
         self.metrics.registry.register(EnginePoolCollector(self.engines))
+        self.metrics.registry.register(SettlementsCollector(self.settlements))
         self.catalog = Catalog.from_settings(self.settings)
         # Upstream models use each organization's provider key, decrypted by auth (cached briefly).
         self.credentials = AuthCredentials(self.auth)
@@ -107,8 +114,9 @@ class Backends:
 
     async def start(self) -> None:
         """Starts what runs in the background: the engines' health watches and DNS
-        resolution."""
+        resolution, and the outbox (kept settlements from an earlier run are delivered now)."""
         await self.engines.start()
+        self.settlements.open(Outbox(outbox_path(self.settings.data_dir, self.settings.edge_port)))
 
     @property
     def engine(self) -> engine_pb2_grpc.EngineServiceStub:
@@ -171,9 +179,10 @@ class Backends:
             raise no_credential(target.info.name, target.upstream.provider) from None
 
     async def close(self) -> None:
-        # Every admitted request settles before the edge exits.
+        # Every admitted request settles (or is kept in the outbox) before the edge exits.
         while self.pending:
             await asyncio.gather(*list(self.pending), return_exceptions=True)
+        await self.settlements.close(OUTBOX_FLUSH_S)
         for provider in self.providers.values():
             await provider.aclose()
         self.credentials.clear()

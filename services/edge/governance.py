@@ -33,7 +33,6 @@ from services.pb.metering.v1 import metering_pb2
 
 log = logging.getLogger(__name__)
 
-SETTLE_ATTEMPTS = 5
 PRINCIPAL_CACHE_TTL_S = 1.0
 PRINCIPAL_CACHE_SIZE = 10_000
 
@@ -137,17 +136,9 @@ def _background(backends: Backends, coro: Coroutine[Any, Any, None]) -> asyncio.
 
 
 async def _settle_with_retries(backends: Backends, req: metering_pb2.SettleRequest) -> None:
-    for attempt in range(SETTLE_ATTEMPTS):
-        try:
-            await backends.metering.Settle(req, timeout=CONTROL_TIMEOUT_S)
-            return
-        except grpc.aio.AioRpcError as exc:
-            # Settle is idempotent per reservation, so retrying cannot double-charge.
-            log.warning(
-                "settle %s failed (%s), attempt %d", req.request_id, exc.code(), attempt + 1
-            )
-            await asyncio.sleep(0.2 * 2**attempt)
-    log.error("settle %s gave up after %d attempts", req.request_id, SETTLE_ATTEMPTS)
+    # Retried, then kept in the edge's outbox until metering takes it (services.edge
+    # .settlements); settling is idempotent, so no retry can charge twice.
+    await backends.settlements.settle(req)
 
 
 @dataclass(frozen=True)
