@@ -1,6 +1,7 @@
 """What the edge talks to, opened in the app's lifespan: gRPC clients of auth and metering, the
 engines (services.edge.engines), the HTTP clients of the organizations' providers
-(bring-your-own-key models), and the settlements with their outbox."""
+(bring-your-own-key models), and what keeps the edge's promises to metering: settlements with
+their outbox and the renewal of open reservations."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from services.edge.client_ip import IPNetwork, parse_networks
 from services.edge.drain import Drain
 from services.edge.engines import EnginePool, EnginePoolCollector, no_engine_error
 from services.edge.errors import APIError, from_grpc
+from services.edge.leases import Leases
 from services.edge.metrics import EdgeMetrics
 from services.edge.outbox import Outbox, outbox_path
 from services.edge.providers import anthropic, openai
@@ -100,6 +102,7 @@ class Backends:
         # One channel per engine, chosen per request by load (services.edge.engines).
         self.engines = EnginePool(self.settings.engine_addr, self.drain)
         self.settlements = Settlements(self.metering)
+        self.leases = Leases(self.metering, self.settings.reservation_ttl_s)
         self.metrics.registry.register(EnginePoolCollector(self.engines))
         self.metrics.registry.register(SettlementsCollector(self.settlements))
         self.catalog = Catalog.from_settings(self.settings)
@@ -182,6 +185,7 @@ class Backends:
         # Every admitted request settles (or is kept in the outbox) before the edge exits.
         while self.pending:
             await asyncio.gather(*list(self.pending), return_exceptions=True)
+        await self.leases.close()
         await self.settlements.close(OUTBOX_FLUSH_S)
         for provider in self.providers.values():
             await provider.aclose()

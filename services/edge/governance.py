@@ -25,6 +25,7 @@ from services.common.quota import quota_from_proto, quota_to_proto
 from services.common.ratelimits import rate_limit_headers
 from services.edge.backends import CONTROL_TIMEOUT_S, Backends
 from services.edge.client_ip import client_ip
+from services.edge.control import with_transport_retries
 from services.edge.errors import APIError, from_grpc
 from services.edge.targets import Target
 from services.pb.auth.v1 import auth_pb2
@@ -86,9 +87,10 @@ async def authenticate(
     if cached and now - cached[0] < PRINCIPAL_CACHE_TTL_S:
         return cached[1]
     try:
-        principal: auth_pb2.Principal = await backends.auth.Authenticate(
+        principal: auth_pb2.Principal = await with_transport_retries(
+            backends.auth.Authenticate,
             auth_pb2.AuthenticateRequest(api_key=key, client_ip=ip, model=model),
-            timeout=CONTROL_TIMEOUT_S,
+            timeout_s=CONTROL_TIMEOUT_S,
         )
     except grpc.aio.AioRpcError as exc:
         err = from_grpc(exc, "auth")
@@ -203,6 +205,7 @@ class Admission:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     _settled: asyncio.Task[None] | None = None
+    _lease: asyncio.Task[None] | None = None
 
     @property
     def model(self) -> engine_pb2.ModelInfo:
@@ -222,7 +225,8 @@ class Admission:
         context = target.info.context_length
         prompt = min(bounds.prompt, context) if context else bounds.prompt
         try:
-            resp = await backends.metering.Admit(
+            resp = await with_transport_retries(
+                backends.metering.Admit,
                 metering_pb2.AdmitRequest(
                     org_id=principal.org_id,
                     project_id=principal.project_id,
@@ -238,13 +242,15 @@ class Admission:
                     # cap only the completion we ask for, so the reservation must hold both.
                     prompt_bound_tokens=prompt if target.upstream else 0,
                 ),
-                timeout=CONTROL_TIMEOUT_S,
+                timeout_s=CONTROL_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as exc:
             err = from_grpc(exc, "metering")
             err.headers["x-request-id"] = adm.request_id
             raise err from None
         adm.reservation_id = resp.reservation_id
+        # Renewed while the request is open, so a long stream keeps its reservation.
+        adm._lease = backends.leases.hold(resp.reservation_id, resp.expires_ms)
         adm.max_context = resp.max_context
         adm.reserved_tokens = resp.reserved_tokens
         limits = resp.rate_limits
@@ -289,6 +295,8 @@ class Admission:
         It runs as its own task so that a cancelled handler (client gone) still settles.
         """
         if self._settled is None:
+            if self._lease is not None:
+                self._lease.cancel()
             self._settled = _background(self.backends, self._settle(status))
         return self._settled
 
