@@ -15,12 +15,15 @@ concurrency slot, when `SLUICE_RESERVATION_TTL_S` runs out (metering's sweeper w
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
 from services.common.grpc_server import ERROR_CODE_KEY
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -44,5 +47,8 @@ async def with_transport_retries(
         except grpc.aio.AioRpcError as exc:
             if not transport_failure(exc):
                 raise
+            log.info(
+                "%s failed in transit (%s); trying again", type(request).__name__, exc.details()
+            )
         await asyncio.sleep(delay)
     return await method(request, timeout=timeout_s)

@@ -82,12 +82,15 @@ class Interruptible(Generic[T]):
         finally:
             self._reading = False
 
-    def interrupt(self) -> None:
+    def interrupt(self) -> bool:
+        """Ends the stream: now if it is waiting for its source (True), else at its next read."""
         if self.interrupted:
-            return
+            return False
         self.interrupted = True
         if self._reading and self._task is not None:
             self._task.cancel()
+            return True
+        return False
 
 
 class Drain:
@@ -119,11 +122,11 @@ class Drain:
     def expire(self) -> None:
         """Ends every stream still open (the deadline)."""
         self.expired = True
-        streams = list(self._streams)
-        if streams:
-            log.warning("drain deadline: ending %d stream(s) still running", len(streams))
-        for stream in streams:
-            stream.interrupt()
+        # Streams that already ended are in the set until collected; interrupting them is
+        # harmless. Those waiting for output are ended now.
+        ended = sum(stream.interrupt() for stream in list(self._streams))
+        if ended:
+            log.warning("drain deadline: ended %d stream(s) still running", ended)
 
 
 class DrainingServer(uvicorn.Server):

@@ -33,7 +33,7 @@ QUICK_BACKOFF_S = (0.1, 0.4)
 SETTLE_TIMEOUT_S = 5.0
 DELIVERY_BATCH = 100
 RETRY_MIN_S = 0.5
-RETRY_MAX_S = 15.0
+RETRY_MAX_S = 5.0
 # A kept settlement is looked at this often even without news (another process's rows adopted,
 # a wake-up lost).
 POLL_S = 30.0
