@@ -102,7 +102,11 @@ class Backends:
         # One channel per engine, chosen per request by load (services.edge.engines).
         self.engines = EnginePool(self.settings.engine_addr, self.drain)
         self.settlements = Settlements(self.metering)
-        self.leases = Leases(self.metering, self.settings.reservation_ttl_s)
+        self.leases = Leases(
+            self.metering,
+            self.settings.reservation_ttl_s,
+            max_s=self.settings.request_timeout_s,
+        )
         self.metrics.registry.register(EnginePoolCollector(self.engines))
         self.metrics.registry.register(SettlementsCollector(self.settlements))
         self.catalog = Catalog.from_settings(self.settings)

@@ -7,6 +7,8 @@ settled nor renewed within `SLUICE_RESERVATION_TTL_S`, so that the slots of a cr
 themselves; a response streaming longer than that must renew. Renewing every third leaves two
 more chances before the lease ends when metering does not answer (UNAVAILABLE: tried again
 sooner). NOT_FOUND `reservation_not_open` means the reservation is settled or expired: stop.
+Renewal also stops `max_s` after admission (the edge's request deadline): an admission that a bug
+left unsettled then expires as if its edge had died, instead of being renewed forever.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ class Leases:
         metering: metering_pb2_grpc.MeteringServiceStub,
         ttl_s: float,
         *,
+        max_s: float = float("inf"),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metering = metering
         self.ttl_s = ttl_s
+        self.max_s = max_s
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -66,8 +70,14 @@ class Leases:
     async def _renew(self, reservation_id: str, expires_ms: int) -> None:
         wait = self.interval(expires_ms)
         request = metering_pb2.RenewReservationRequest(reservation_id=reservation_id)
+        until = time.monotonic() + self.max_s
         while True:
             await asyncio.sleep(wait)
+            if time.monotonic() > until:
+                log.warning(
+                    "reservation %s open longer than %.0fs; not renewed", reservation_id, self.max_s
+                )
+                return
             try:
                 resp = await self.metering.RenewReservation(request, timeout=RENEW_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:

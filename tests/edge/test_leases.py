@@ -149,3 +149,13 @@ async def test_a_renewed_reservation_outlives_its_lifetime(
     statuses = {r.request_id: r.status for r in await ledger.query_usage()}
     assert statuses == {"r0": "ok", "r1": "expired"}
     assert left.reservation_id != kept.reservation_id
+
+
+async def test_renewal_ends_at_the_request_deadline(fast: None) -> None:
+    metering = FakeMetering(clock=lambda: NOW, lease_s=0.06)
+    leases = Leases(metering, 900.0, max_s=0.1, clock=lambda: NOW)  # type: ignore[arg-type]
+    task = leases.hold("res_1", int((NOW + 0.06) * 1000))
+    assert task is not None
+    async with asyncio.timeout(20):
+        await task  # an admission nobody settled is left to expire
+    assert 1 <= len(metering.renewed) < 20
