@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from services.common.settings import Settings
 from services.edge.backends import Backends
+from services.edge.drain import Drain
 from services.edge.errors import APIError, error_response, is_anthropic_route
 from services.edge.routes import ROUTES
 
@@ -50,11 +51,14 @@ async def _unhandled(request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
+    """The edge; `drain` is the server's (services.edge.drain), started on SIGTERM."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.backends = Backends(settings)
+        app.state.backends = Backends(settings, drain=drain or Drain())
         try:
+            await app.state.backends.start()
             yield
         finally:
             await app.state.backends.close()

@@ -1,5 +1,7 @@
-"""What the edge talks to, opened in the app's lifespan: gRPC clients of auth, metering and the
-engine, and the HTTP clients of the organizations' providers (bring-your-own-key models)."""
+"""What the edge talks to, opened in the app's lifespan: gRPC clients of auth and metering, the
+engines (services.edge.engines), the HTTP clients of the organizations' providers
+(bring-your-own-key models), and what keeps the edge's promises to metering: settlements with
+their outbox and the renewal of open reservations."""
 
 from __future__ import annotations
 
@@ -16,12 +18,17 @@ from starlette.requests import Request
 from services.common.channels import aio_channel
 from services.common.settings import Settings
 from services.edge.client_ip import IPNetwork, parse_networks
+from services.edge.drain import Drain
+from services.edge.engines import EnginePool, EnginePoolCollector, no_engine_error
 from services.edge.errors import APIError, from_grpc
+from services.edge.leases import Leases
 from services.edge.metrics import EdgeMetrics
+from services.edge.outbox import Outbox, outbox_path
 from services.edge.providers import anthropic, openai
 from services.edge.providers.base import ProviderClient
 from services.edge.providers.catalog import Catalog, is_upstream, parse
 from services.edge.providers.credentials import AuthCredentials, NoCredential, ProviderKey
+from services.edge.settlements import Settlements, SettlementsCollector
 from services.edge.targets import Target
 from services.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.pb.engine.v1 import engine_pb2, engine_pb2_grpc
@@ -33,6 +40,9 @@ MODEL_CACHE_TTL_S = 5.0
 # Short deadlines for governance calls: a slow dependency must fail the request, not hang it.
 CONTROL_TIMEOUT_S = 10.0
 MODEL_CACHE_SIZE = 10_000
+# At shutdown, how long the edge keeps trying to deliver its kept settlements before it leaves
+# them in the outbox for its next start.
+OUTBOX_FLUSH_S = 5.0
 
 T = TypeVar("T")
 
@@ -79,18 +89,28 @@ class Backends:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     admin_token: bytes = b""
     providers: dict[str, ProviderClient] = field(default_factory=dict)
+    # Started by the server on SIGTERM (services.edge.drain); read by /readyz and the streams.
+    drain: Drain = field(default_factory=Drain)
 
     def __post_init__(self) -> None:
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
         self.admin_token = self.settings.resolved_admin_token()
         auth = self._channel(self.settings.auth_addr)
         metering = self._channel(self.settings.metering_addr)
-        engine = self._channel(self.settings.engine_addr)
         self.auth = auth_pb2_grpc.AuthServiceStub(auth)
         self.metering = metering_pb2_grpc.MeteringServiceStub(metering)
         # Responses of the Responses API that Sluice stores itself (metering keeps them).
         self.responses = metering_pb2_grpc.ResponseStoreServiceStub(metering)
-        self.engine = engine_pb2_grpc.EngineServiceStub(engine)
+        # One channel per engine, chosen per request by load (services.edge.engines).
+        self.engines = EnginePool(self.settings.engine_addr, self.drain)
+        self.settlements = Settlements(self.metering)
+        self.leases = Leases(
+            self.metering,
+            self.settings.reservation_ttl_s,
+            max_s=self.settings.request_timeout_s,
+        )
+        self.metrics.registry.register(EnginePoolCollector(self.engines))
+        self.metrics.registry.register(SettlementsCollector(self.settlements))
         self.catalog = Catalog.from_settings(self.settings)
         # Upstream models use each organization's provider key, decrypted by auth (cached briefly).
         self.credentials = AuthCredentials(self.auth)
@@ -100,6 +120,21 @@ class Backends:
                 openai.OPENAI: openai.client(s, provider_http(s.openai_base_url, s)),
                 anthropic.ANTHROPIC: anthropic.client(s, provider_http(s.anthropic_base_url, s)),
             }
+
+    async def start(self) -> None:
+        """Starts what runs in the background: the engines' health watches and DNS
+        resolution, and the outbox (kept settlements from an earlier run are delivered now)."""
+        await self.engines.start()
+        self.settlements.open(Outbox(outbox_path(self.settings.data_dir, self.settings.edge_port)))
+
+    @property
+    def engine(self) -> engine_pb2_grpc.EngineServiceStub:
+        """A stub of one healthy engine, for a unary call that needs no failover; generation
+        goes through `engines.generate`, lookups through `engines.unary`."""
+        engine = self.engines.pick()
+        if engine is None:
+            raise no_engine_error()
+        return engine.stub
 
     def _channel(self, addr: str) -> grpc.aio.Channel:
         # Every replica the address names, round robin over those passing health checks, with
@@ -123,8 +158,10 @@ class Backends:
         cached = self._models.get(name)
         if cached and now - cached[0] < MODEL_CACHE_TTL_S:
             return cached[1]
-        info: engine_pb2.ModelInfo = await self.engine.ResolveModel(
-            engine_pb2.ResolveModelRequest(model=name), timeout=CONTROL_TIMEOUT_S
+        info: engine_pb2.ModelInfo = await self.engines.unary(
+            lambda stub: stub.ResolveModel,
+            engine_pb2.ResolveModelRequest(model=name),
+            CONTROL_TIMEOUT_S,
         )
         if len(self._models) >= MODEL_CACHE_SIZE:
             self._models.clear()
@@ -135,8 +172,8 @@ class Backends:
         """The hosted models, then the listed models of every provider the organization holds
         a credential for."""
         try:
-            resp = await self.engine.ListModels(
-                engine_pb2.ListModelsRequest(), timeout=CONTROL_TIMEOUT_S
+            resp = await self.engines.unary(
+                lambda stub: stub.ListModels, engine_pb2.ListModelsRequest(), CONTROL_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc, "engine") from None
@@ -151,11 +188,15 @@ class Backends:
             raise no_credential(target.info.name, target.upstream.provider) from None
 
     async def close(self) -> None:
-        if self.pending:
+        # Every admitted request settles (or is kept in the outbox) before the edge exits.
+        while self.pending:
             await asyncio.gather(*list(self.pending), return_exceptions=True)
+        await self.leases.close()
+        await self.settlements.close(OUTBOX_FLUSH_S)
         for provider in self.providers.values():
             await provider.aclose()
         self.credentials.clear()
+        await self.engines.close()
         for channel in self.channels:
             await channel.close()
 

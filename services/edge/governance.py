@@ -25,6 +25,7 @@ from services.common.quota import quota_from_proto, quota_to_proto
 from services.common.ratelimits import rate_limit_headers
 from services.edge.backends import CONTROL_TIMEOUT_S, Backends
 from services.edge.client_ip import client_ip
+from services.edge.control import with_transport_retries
 from services.edge.errors import APIError, from_grpc
 from services.edge.targets import Target
 from services.pb.auth.v1 import auth_pb2
@@ -33,7 +34,6 @@ from services.pb.metering.v1 import metering_pb2
 
 log = logging.getLogger(__name__)
 
-SETTLE_ATTEMPTS = 5
 PRINCIPAL_CACHE_TTL_S = 1.0
 PRINCIPAL_CACHE_SIZE = 10_000
 
@@ -87,9 +87,10 @@ async def authenticate(
     if cached and now - cached[0] < PRINCIPAL_CACHE_TTL_S:
         return cached[1]
     try:
-        principal: auth_pb2.Principal = await backends.auth.Authenticate(
+        principal: auth_pb2.Principal = await with_transport_retries(
+            backends.auth.Authenticate,
             auth_pb2.AuthenticateRequest(api_key=key, client_ip=ip, model=model),
-            timeout=CONTROL_TIMEOUT_S,
+            timeout_s=CONTROL_TIMEOUT_S,
         )
     except grpc.aio.AioRpcError as exc:
         err = from_grpc(exc, "auth")
@@ -137,17 +138,9 @@ def _background(backends: Backends, coro: Coroutine[Any, Any, None]) -> asyncio.
 
 
 async def _settle_with_retries(backends: Backends, req: metering_pb2.SettleRequest) -> None:
-    for attempt in range(SETTLE_ATTEMPTS):
-        try:
-            await backends.metering.Settle(req, timeout=CONTROL_TIMEOUT_S)
-            return
-        except grpc.aio.AioRpcError as exc:
-            # Settle is idempotent per reservation, so retrying cannot double-charge.
-            log.warning(
-                "settle %s failed (%s), attempt %d", req.request_id, exc.code(), attempt + 1
-            )
-            await asyncio.sleep(0.2 * 2**attempt)
-    log.error("settle %s gave up after %d attempts", req.request_id, SETTLE_ATTEMPTS)
+    # Retried, then kept in the edge's outbox until metering takes it (services.edge
+    # .settlements); settling is idempotent, so no retry can charge twice.
+    await backends.settlements.settle(req)
 
 
 @dataclass(frozen=True)
@@ -216,6 +209,7 @@ class Admission:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     _settled: asyncio.Task[None] | None = None
+    _lease: asyncio.Task[None] | None = None
 
     @property
     def model(self) -> engine_pb2.ModelInfo:
@@ -235,7 +229,8 @@ class Admission:
         context = target.info.context_length
         prompt = min(bounds.prompt, context) if context else bounds.prompt
         try:
-            resp = await backends.metering.Admit(
+            resp = await with_transport_retries(
+                backends.metering.Admit,
                 metering_pb2.AdmitRequest(
                     org_id=principal.org_id,
                     project_id=principal.project_id,
@@ -251,13 +246,15 @@ class Admission:
                     # cap only the completion we ask for, so the reservation must hold both.
                     prompt_bound_tokens=prompt if target.upstream else 0,
                 ),
-                timeout=CONTROL_TIMEOUT_S,
+                timeout_s=CONTROL_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as exc:
             err = from_grpc(exc, "metering")
             err.headers["x-request-id"] = adm.request_id
             raise err from None
         adm.reservation_id = resp.reservation_id
+        # Renewed while the request is open, so a long stream keeps its reservation.
+        adm._lease = backends.leases.hold(resp.reservation_id, resp.expires_ms)
         adm.max_context = resp.max_context
         adm.reserved_tokens = resp.reserved_tokens
         limits = resp.rate_limits
@@ -285,6 +282,9 @@ class Admission:
     def observe(self, msg: engine_pb2.GenerateResponse) -> None:
         if msg.token_count:
             self.output_started()
+        if msg.prompt_tokens:
+            # Known from the first message, so that a stream broken later bills the prompt too.
+            self.prompt_tokens = msg.prompt_tokens
         self.completion_tokens += msg.token_count
         if msg.HasField("usage"):
             self.prompt_tokens = msg.usage.prompt_tokens
@@ -302,6 +302,8 @@ class Admission:
         It runs as its own task so that a cancelled handler (client gone) still settles.
         """
         if self._settled is None:
+            if self._lease is not None:
+                self._lease.cancel()
             self._settled = _background(self.backends, self._settle(status))
         return self._settled
 

@@ -9,6 +9,7 @@ import uvicorn
 from services.common.grpc_server import configure_logging
 from services.common.settings import Settings
 from services.edge.app import create_app
+from services.edge.drain import Drain, DrainingServer
 
 
 def main() -> None:
@@ -17,8 +18,9 @@ def main() -> None:
     # httpcore's DEBUG trace prints provider response headers (which can name the customer's
     # provider organization); request headers, where the provider key is, are never printed.
     logging.getLogger("httpcore").setLevel(max(logging.INFO, logging.getLogger().level))
+    drain = Drain()
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, drain),
         host=settings.edge_host,
         port=settings.edge_port,
         log_level=settings.log_level.lower(),
@@ -34,7 +36,9 @@ def main() -> None:
         # itself (services.edge.client_ip), so uvicorn must not rewrite it from headers.
         proxy_headers=False,
     )
-    uvicorn.Server(config).run()
+    # SIGTERM drains: not ready at once, no new connections after SLUICE_DRAIN_DELAY_S, streams
+    # ended SLUICE_DRAIN_GRACE_S later, every request settled before the process exits.
+    DrainingServer(config, drain, settings.drain_delay_s, settings.drain_grace_s).run()
 
 
 if __name__ == "__main__":

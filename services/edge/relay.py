@@ -6,7 +6,8 @@ receives (unchanged, edited or translated: SSE bytes, or objects for a caller th
 them further), what usage the events reported, and how the stream ends. `relay` drives it: a
 provider failure after output began ends the client's stream with an error event (billing what
 was delivered; no retry), and a client that goes away closes the provider's stream and is
-billed what was produced.
+billed what was produced. A stream still running at the end of the edge's drain ends the same
+way, with a "shutting down" error (services.edge.drain).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from services.edge.providers.base import (
     SSEEvent,
     UpstreamFailure,
     UpstreamStream,
+    shutdown_failure,
     stream_failure_error,
 )
 
@@ -61,7 +63,9 @@ async def relay(
 
     try:
         try:
-            async for event in stream:
+            async for event in admission.backends.drain.interruptible(
+                aiter(stream), shutdown_failure
+            ):
                 out = codec.frames(event)
                 if out:
                     admission.output_started()

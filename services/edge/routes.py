@@ -23,7 +23,9 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when auth, metering and engine all answer their gRPC health checks."""
+    """Ready when auth and metering answer their gRPC health checks, at least one engine's
+    health watch says SERVING, and the edge is not draining. `engines` shows each engine's
+    health and this edge's calls in flight on it."""
     backends = backends_of(request)
 
     async def check(name: str, channel: grpc.aio.Channel) -> tuple[str, str]:
@@ -35,12 +37,15 @@ async def readyz(request: Request) -> Response:
         except grpc.aio.AioRpcError as exc:
             return name, exc.code().name
 
-    names = ("auth", "metering", "engine")
+    names = ("auth", "metering")
     checks = (check(n, c) for n, c in zip(names, backends.channels, strict=True))
     results = dict(await asyncio.gather(*checks))
-    ready = all(v == "SERVING" for v in results.values())
+    results["engine"] = "SERVING" if backends.engines.any_usable() else "NOT_SERVING"
+    draining = backends.drain.draining
+    ready = all(v == "SERVING" for v in results.values()) and not draining
+    status = "draining" if draining else "ready" if ready else "not_ready"
     return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "services": results},
+        {"status": status, "services": results, "engines": backends.engines.states()},
         status_code=200 if ready else 503,
     )
 

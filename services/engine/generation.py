@@ -194,6 +194,7 @@ class Generator:
                 msg = self._message(model, event)
                 if first:
                     msg.model.CopyFrom(model.info())
+                    msg.prompt_tokens = len(prompt)
                     first = False
                 if event.finish_reason:
                     msg.finish_reason = event.finish_reason

@@ -17,6 +17,7 @@ back. The windows are per-process only with the embedded `MemoryLimiter` (one re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -49,6 +50,7 @@ from services.metering.records import (
     from_row,
     insert_values,
     new_record,
+    unreserved_record_id,
 )
 from services.metering.refusals import Refusal
 from services.metering.transactions import Transactions
@@ -311,9 +313,11 @@ class Admissions:
 
         Settling a reservation again returns the first record unchanged. An unknown
         reservation id is logged and its usage still recorded: losing usage is worse than an
-        odd record. An empty `reservation_id` (a request refused before admission) records
-        usage without idempotency. A reservation that already expired gave its holds back
-        then; its late settle charges the usage without giving them back twice.
+        odd record. An empty `reservation_id` (a request refused before admission) is
+        idempotent per organization and `request_id` instead (the record's id derives from
+        them; without a request id there is nothing to recognise a repeat by). A reservation
+        that already expired gave its holds back then; its late settle charges the usage
+        without giving them back twice.
         """
         if status not in SETTLE_STATUSES:
             raise InvalidArgument(
@@ -340,6 +344,10 @@ class Admissions:
 
         # The principal of a reservation this settle closed: its windows are corrected after.
         closed: list[tuple[str, str, str]] = []
+        # A settle without a reservation is recognised again by its record's id.
+        record_id = (
+            "" if reservation_id or not request_id else unreserved_record_id(org_id, request_id)
+        )
 
         def charge(conn: Connection) -> UsageRecord:
             closed.clear()
@@ -376,17 +384,21 @@ class Admissions:
                 ttft_ms=ttft_ms,
                 **fields,
             )
+            if record_id:
+                record = dataclasses.replace(record, id=record_id)
             conn.execute(INSERT_USAGE, insert_values(record))
             return record
 
         try:
             record = await self._tx.run(charge, write_first=True)
         except IntegrityError:
-            # This reservation was settled before (or by a concurrent settle): the unique
-            # record constraint refused this one, and its transaction, charge included, was
-            # rolled back. Repeats are rare (retries), so the common path does not pay a read
-            # to look for them first.
+            # This reservation (or this unreserved request) was settled before, or by a
+            # concurrent settle: the unique record constraint refused this one, and its
+            # transaction, charge included, was rolled back. Repeats are rare (retries), so the
+            # common path does not pay a read to look for them first.
             if reservation_id and (done := await self.by_reservation(reservation_id)):
+                return done
+            if record_id and (done := await self.by_id(record_id)):
                 return done
             raise
         for org, project, key in closed:
@@ -427,6 +439,15 @@ class Admissions:
         except LimiterUnavailable as exc:
             raise _unavailable(exc) from None
         return expires
+
+    async def by_id(self, record_id: str) -> UsageRecord | None:
+        async with self._engine.connect() as conn:
+            row = (
+                (await conn.execute(select(USAGE).where(USAGE.c.id == record_id)))
+                .mappings()
+                .one_or_none()
+            )
+        return from_row(row) if row is not None else None
 
     async def by_reservation(self, reservation_id: str) -> UsageRecord | None:
         async with self._engine.connect() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -84,6 +85,15 @@ def new_record(
         client_ip=client_ip,
         provider=provider,
     )
+
+
+def unreserved_record_id(org_id: str, request_id: str) -> str:
+    """The id of the record a settle without a reservation writes (a request refused before
+    admission): derived from the organization and the caller's request id, so that the same
+    settle sent again (a retry, the edge's outbox) collides with the first record instead of
+    writing a second."""
+    digest = hashlib.sha256(f"{org_id}\0{request_id}".encode()).hexdigest()
+    return "usage_" + digest[:24]
 
 
 def insert_values(record: UsageRecord) -> dict[str, Any]:

@@ -25,6 +25,9 @@ from tests.e2e.providers import control, provider_secret
 from tests.throwaway_redis import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
+# Short in the fleet, so that a reservation left behind by a killed metering replica (admitted
+# there, the answer lost, admitted again elsewhere) is swept within seconds; streams renew theirs.
+FLEET_RESERVATION_TTL_S = 8
 
 
 @dataclass
@@ -153,7 +156,11 @@ def fleet(
 ) -> Iterator[Services]:
     """Replicas of everything on PostgreSQL and Redis: auth, two meterings sharing the
     rate-limit windows in Redis, two engines, and two edges pointed at both of each."""
-    env = {"SLUICE_REDIS_URL": redis_server.url, "SLUICE_REDIS_TIMEOUT_S": "0.5"}
+    env = {
+        "SLUICE_REDIS_URL": redis_server.url,
+        "SLUICE_REDIS_TIMEOUT_S": "0.5",
+        "SLUICE_RESERVATION_TTL_S": str(FLEET_RESERVATION_TTL_S),
+    }
     with services_on_postgres(
         tmp_path_factory.mktemp("fleet"),
         env,

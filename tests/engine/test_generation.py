@@ -688,3 +688,11 @@ async def test_bad_fields_are_refused_by_name(generator: Generator) -> None:
         with pytest.raises(InvalidArgument) as exc:
             await run(generator, req)
         assert exc.value.param == param
+
+
+async def test_the_first_message_counts_the_prompt(generator: Generator) -> None:
+    # A caller whose stream breaks before the end still knows what the prompt cost.
+    result = await run(generator, chat(PROMPTS[0], max_tokens=3))
+    first, *rest = result.messages
+    assert first.prompt_tokens == result.usage.prompt_tokens > 0
+    assert all(m.prompt_tokens == 0 for m in rest)

@@ -119,10 +119,22 @@ async def test_unknown_reservation_still_records_usage(
     assert [r.id for r in await ledger.query_usage()] == [record.id]
 
 
-async def test_usage_without_reservation_is_recorded_each_time(ledger: Ledger) -> None:
+async def test_usage_without_reservation_is_recorded_once_per_request_id(ledger: Ledger) -> None:
     a = await ledger.settle(**usage("", status="rejected", completion_tokens=0))
-    b = await ledger.settle(**usage("", status="rejected", completion_tokens=0))
-    assert a.id != b.id and a.reservation_id is None
+    again = await ledger.settle(**usage("", status="rejected", completion_tokens=0))
+    other = await ledger.settle(**usage("", status="rejected", request_id="req_2"))
+    elsewhere = await ledger.settle(**usage("", status="rejected", org_id="org2"))
+    assert again == a and a.reservation_id is None
+    assert len({a.id, other.id, elsewhere.id}) == 3
+    assert len(await ledger.query_usage()) == 3
+
+
+async def test_usage_without_reservation_or_request_id_is_recorded_each_time(
+    ledger: Ledger,
+) -> None:
+    a = await ledger.settle(**usage("", status="rejected", request_id=""))
+    b = await ledger.settle(**usage("", status="rejected", request_id=""))
+    assert a.id != b.id
     assert len(await ledger.query_usage()) == 2
 
 

@@ -125,12 +125,11 @@ async def run(backends: Backends, shape: Shape, admission: Admission) -> ChatAns
     gen = shape.generate_request(target.public_name)
     gen.request_id = admission.request_id
     gen.max_context = admission.max_context
-    call = backends.engine.Generate(gen, timeout=backends.settings.request_timeout_s)
-    stream = aiter(call)
     try:
         # The first message is awaited before answering, so that a request the engine refuses
-        # (context too long, queue full) gets a proper HTTP error instead of a broken stream.
-        first = await anext(stream)
+        # (context too long, queue full) gets a proper HTTP error instead of a broken stream;
+        # an engine down or full before it is replaced by another (services.edge.engines).
+        call, first = await backends.engines.generate(gen, backends.settings.request_timeout_s)
     except grpc.aio.AioRpcError as exc:
         refused = exc.code() in REFUSALS
         await admission.settle("rejected" if refused else "error")
@@ -141,9 +140,9 @@ async def run(backends: Backends, shape: Shape, admission: Admission) -> ChatAns
             APIError(500, "The engine ended the stream early.", type="server_error")
         ) from None
     except BaseException:
-        call.cancel()
         admission.settle("cancelled")
         raise
+    stream = aiter(call)
     admission.observe(first)
 
     meta = {

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from services.edge.drain import shutdown_error
 from services.edge.errors import APIError
 from services.edge.providers.credentials import ProviderKey
 
@@ -51,8 +52,8 @@ class SSEEvent(NamedTuple):
 class UpstreamFailure(Exception):
     """One failed upstream attempt, before it is mapped to an `APIError`; never holds a key.
 
-    `kind` is "http" (the provider answered `status`), "timeout", "connection" or "stream" (the
-    stream broke or carried an error event).
+    `kind` is "http" (the provider answered `status`), "timeout", "connection", "stream" (the
+    stream broke or carried an error event) or "shutdown" (the edge's drain ended the stream).
     """
 
     def __init__(
@@ -446,8 +447,15 @@ class ProviderClient:
         )
 
 
+def shutdown_failure() -> UpstreamFailure:
+    """What a provider stream still running at the edge's drain deadline raises."""
+    return UpstreamFailure("shutdown", "the server is shutting down", should_retry=False)
+
+
 def stream_failure_error(provider: str, failure: UpstreamFailure) -> APIError:
     """The error event that ends a client's stream when the provider's broke after output."""
+    if failure.kind == "shutdown":
+        return shutdown_error()
     name = DISPLAY_NAMES.get(provider, provider)
     detail = failure.detail or failure.summary()
     return APIError(
