@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -69,9 +70,18 @@ def target(addr: str) -> str:
     return f"ipv{families.pop()}:{','.join(parts)}"
 
 
-def aio_channel(addr: str, *, options: tuple[tuple[str, Any], ...] = ()) -> grpc.aio.Channel:
-    """An asyncio channel to every replica `addr` names, balanced and health-checked."""
-    return grpc.aio.insecure_channel(target(addr), options=[*OPTIONS, *options])
+def aio_channel(
+    addr: str,
+    *,
+    options: tuple[tuple[str, Any], ...] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+) -> grpc.aio.Channel:
+    """An asyncio channel to every replica `addr` names, balanced and health-checked;
+    `interceptors` are those of `Tracing.client_interceptors()` (services.common.tracing),
+    which carry the caller's trace to the servers."""
+    return grpc.aio.insecure_channel(
+        target(addr), options=[*OPTIONS, *options], interceptors=interceptors
+    )
 
 
 def sync_channel(addr: str, *, options: tuple[tuple[str, Any], ...] = ()) -> grpc.Channel:

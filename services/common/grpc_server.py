@@ -1,8 +1,10 @@
-"""Running a gRPC service: one error boundary, health checking, a drain on SIGTERM.
+"""Running a gRPC service: one error boundary, health checking, a drain on SIGTERM, traces.
 
 Every service's `main()` builds its servicers and calls `serve()`. Domain code raises
 `SluiceError`s; `ErrorInterceptor` is the single place they become gRPC statuses, with the
-OpenAI-style `code` and `param` carried in trailing metadata so the edge can show them.
+OpenAI-style `code` and `param` carried in trailing metadata so the edge can show them. With
+tracing on, every call also gets a server span continuing its caller's trace
+(`services.common.tracing.ServerTracing`, outside the error boundary so it sees the final status).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.errors import SluiceError
+from services.common.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +120,15 @@ async def start_server(
     addr: str,
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
+    tracing: Tracing | None = None,
 ) -> RunningServer:
     """Builds, binds and starts a server reporting SERVING; `serve()` and in-process tests use it.
 
     `addr` may end in `:0`; the bound port is returned in `RunningServer.port`.
     """
+    traced = tracing.server_interceptors() if tracing is not None else []
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[*traced, ErrorInterceptor()],
         options=[
             ("grpc.max_send_message_length", 16 * 1024 * 1024),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -164,12 +169,13 @@ async def serve(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     grace_s: float = GRACE_S,
     delay_s: float = 0,
+    tracing: Tracing | None = None,
 ) -> None:
     """Serves until SIGINT/SIGTERM, then drains (`stop_server`) and calls `on_stop`.
 
     A second signal during the drain is ignored: the grace period is the bound.
     """
-    running = await start_server(addr, register, service_names)
+    running = await start_server(addr, register, service_names, tracing)
     log.info("serving %s on %s", ", ".join(service_names), addr)
 
     stop = asyncio.Event()
