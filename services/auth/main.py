@@ -13,12 +13,13 @@ from services.auth.store import KeyStore
 from services.common.db import create_engine, migrate
 from services.common.grpc_server import configure_logging, run_service, serve
 from services.common.settings import Settings
+from services.common.tracing import Tracing, setup_tracing
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_auth"
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, tracing: Tracing | None = None) -> None:
     """Migrates the schema to head, then serves until SIGINT/SIGTERM."""
     engine = create_engine(settings.resolved_database_url())
     try:
@@ -32,6 +33,7 @@ async def run(settings: Settings) -> None:
             [SERVICE_NAME],
             grace_s=settings.drain_grace_s,
             delay_s=settings.drain_delay_s,
+            tracing=tracing,
         )
     finally:
         await engine.dispose()
@@ -44,5 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_level)
-    run_service(run(settings))
+    tracing = setup_tracing("auth")
+    try:
+        run_service(run(settings, tracing))
+    finally:
+        tracing.shutdown()
     return 0

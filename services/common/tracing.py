@@ -121,7 +121,7 @@ def service_name(service: str, environ: Mapping[str, str]) -> str:
     return f"sluice-{service}"
 
 
-def setup(service: str, environ: Mapping[str, str] | None = None) -> Tracing:
+def setup_tracing(service: str, environ: Mapping[str, str] | None = None) -> Tracing:
     """The process's tracing as the environment sets it (see the module doc); call once, from
     `main()`, and `shutdown()` the result before the process exits."""
     env = os.environ if environ is None else environ

@@ -10,6 +10,7 @@ import onnxruntime as ort
 
 from services.common.grpc_server import configure_logging, run_service, serve
 from services.common.settings import Settings
+from services.common.tracing import Tracing, setup_tracing
 from services.engine.constraints import Grammars
 from services.engine.generation import Generator, HostedModel, loop_dispatch
 from services.engine.metrics import serve_metrics
@@ -73,7 +74,7 @@ def load_models(settings: Settings, loop: asyncio.AbstractEventLoop) -> Generato
     )
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, tracing: Tracing) -> None:
     generator = load_models(settings, asyncio.get_running_loop())
     for model in generator.models.values():
         model.scheduler.start()
@@ -98,13 +99,18 @@ async def _serve(settings: Settings) -> None:
         on_stop=on_stop,
         grace_s=settings.drain_grace_s,
         delay_s=settings.drain_delay_s,
+        tracing=tracing,
     )
 
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
-    run_service(_serve(settings))
+    tracing = setup_tracing("engine")
+    try:
+        run_service(_serve(settings, tracing))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""The engine's gRPC servicer: decode, call the `Generator`, encode."""
+"""The engine's gRPC servicer: decode, call the `Generator`, encode (and, with tracing on, fill
+in the call's server span with the generation's GenAI attributes)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
 import grpc
+from opentelemetry import trace
 
+from services.common.genai_spans import EngineGeneration
 from services.engine.generation import Generator
 from services.pb.engine.v1 import engine_pb2, engine_pb2_grpc
 
@@ -17,7 +20,12 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: engine_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[engine_pb2.GenerateResponse]:
+        # The server span of this call (services.common.tracing), or a no-op one.
+        span = trace.get_current_span()
+        record = EngineGeneration(span, request) if span.is_recording() else None
         async for msg in self.generator.generate(request):
+            if record is not None:
+                record.observe(msg)
             yield msg
 
     async def ListModels(  # noqa: N802

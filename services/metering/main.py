@@ -12,6 +12,7 @@ import grpc
 from services.common.db import create_engine, migrate
 from services.common.grpc_server import configure_logging, run_service, serve
 from services.common.settings import Settings
+from services.common.tracing import Tracing, setup_tracing
 from services.metering import responses_servicer
 from services.metering.ledger import Ledger
 from services.metering.ratelimit import Limiter
@@ -36,7 +37,7 @@ def limiter(settings: Settings) -> Limiter | None:
     return RedisLimiter(client, prefix=settings.redis_prefix)
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, tracing: Tracing | None = None) -> None:
     """Migrates the schema to head, recounts requests in flight, then serves until
     SIGINT/SIGTERM with the sweepers of reservations and stored responses running alongside.
 
@@ -79,6 +80,7 @@ async def run(settings: Settings) -> None:
                 on_stop=stop_sweepers,
                 grace_s=settings.drain_grace_s,
                 delay_s=settings.drain_delay_s,
+                tracing=tracing,
             )
         finally:
             await stop_sweepers()
@@ -94,5 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_level)
-    run_service(run(settings))
+    tracing = setup_tracing("metering")
+    try:
+        run_service(run(settings, tracing))
+    finally:
+        tracing.shutdown()
     return 0

@@ -80,7 +80,7 @@ def test_service_name(env: dict[str, str], name: str) -> None:
 
 
 def test_off_by_default_costs_nothing() -> None:
-    off = tracing.setup("edge", {})
+    off = tracing.setup_tracing("edge", {})
     assert not off.enabled
     assert off.server_interceptors() == []
     assert off.client_interceptors() is None
@@ -95,7 +95,7 @@ def test_setup_with_an_endpoint_exports_otlp(monkeypatch: pytest.MonkeyPatch) ->
     env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/v1/traces"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    on = tracing.setup("auth", env)
+    on = tracing.setup_tracing("auth", env)
     try:
         assert on.enabled
         assert on.service == "sluice-auth"
