@@ -31,6 +31,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,8 @@ SERVER_ERRORS = frozenset(
 )
 
 INVALID_SPAN: Span = trace.INVALID_SPAN
+# What `Tracing.span` and `use` return: a `with` block in which a span is current.
+SpanBlock = AbstractContextManager[Span]
 
 
 def _truthy(value: str | None) -> bool:
@@ -253,7 +256,7 @@ class Tracing:
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Mapping[str, Any] | None = None,
         context: Context | None = None,
-    ) -> _ActiveSpan | _NoSpan:
+    ) -> SpanBlock:
         """A span current for a `with` block (a child of the current span, or of `context`),
         ended after it; an exception leaving the block marks it failed (`mark_failed`)."""
         if self.tracer is None:
@@ -295,9 +298,10 @@ class Tracing:
             self.provider.shutdown()
 
 
-def use(span: Span) -> _ActiveSpan | _NoSpan:
-    """Makes an already started span current for a `with` block, leaving it open after."""
-    if not span.is_recording():
+def use(span: Span) -> SpanBlock:
+    """Makes an already started span current for a `with` block, leaving it open after. An
+    unsampled span is made current too, so that what it calls stays unsampled."""
+    if span is INVALID_SPAN:
         return NO_SPAN
     return _Use(span)
 

@@ -1,4 +1,5 @@
-"""The edge application factory: routes, the error table and the backend clients' lifespan."""
+"""The edge application factory: routes, the error table, the backend clients' lifespan and,
+with tracing on, a server span per request (services.edge.traces)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
 from services.common.settings import Settings
+from services.common.tracing import Tracing
 from services.edge.backends import Backends
 from services.edge.drain import Drain
 from services.edge.errors import APIError, error_response, is_anthropic_route
 from services.edge.routes import ROUTES
+from services.edge.traces import HTTPTracing
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +55,16 @@ async def _unhandled(request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
-    """The edge; `drain` is the server's (services.edge.drain), started on SIGTERM."""
+def create_app(
+    settings: Settings, drain: Drain | None = None, tracing: Tracing | None = None
+) -> Starlette:
+    """The edge; `drain` is the server's (services.edge.drain), started on SIGTERM; `tracing`
+    the process's (services.common.tracing), off when None."""
+    tracing = tracing or Tracing()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.backends = Backends(settings, drain=drain or Drain())
+        app.state.backends = Backends(settings, drain=drain or Drain(), tracing=tracing)
         try:
             await app.state.backends.start()
             yield
@@ -66,6 +74,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
     return Starlette(
         routes=ROUTES,
         lifespan=lifespan,
+        middleware=[Middleware(HTTPTracing, tracing=tracing)] if tracing.enabled else [],
         exception_handlers={
             APIError: _api_error,
             HTTPException: _http_error,

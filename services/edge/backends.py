@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from services.common.channels import aio_channel
 from services.common.settings import Settings
+from services.common.tracing import Tracing
 from services.edge.client_ip import IPNetwork, parse_networks
 from services.edge.drain import Drain
 from services.edge.engines import EnginePool, EnginePoolCollector, no_engine_error
@@ -91,6 +92,8 @@ class Backends:
     providers: dict[str, ProviderClient] = field(default_factory=dict)
     # Started by the server on SIGTERM (services.edge.drain); read by /readyz and the streams.
     drain: Drain = field(default_factory=Drain)
+    # The process's tracing (services.common.tracing); off unless main() turned it on.
+    tracing: Tracing = field(default_factory=Tracing)
 
     def __post_init__(self) -> None:
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
@@ -102,7 +105,11 @@ class Backends:
         # Responses of the Responses API that Sluice stores itself (metering keeps them).
         self.responses = metering_pb2_grpc.ResponseStoreServiceStub(metering)
         # One channel per engine, chosen per request by load (services.edge.engines).
-        self.engines = EnginePool(self.settings.engine_addr, self.drain)
+        self.engines = EnginePool(
+            self.settings.engine_addr,
+            self.drain,
+            interceptors=self.tracing.client_interceptors(),
+        )
         self.settlements = Settlements(self.metering)
         self.leases = Leases(
             self.metering,
@@ -116,9 +123,12 @@ class Backends:
         self.credentials = AuthCredentials(self.auth)
         if not self.providers:
             s = self.settings
+            t = self.tracing
             self.providers = {
-                openai.OPENAI: openai.client(s, provider_http(s.openai_base_url, s)),
-                anthropic.ANTHROPIC: anthropic.client(s, provider_http(s.anthropic_base_url, s)),
+                openai.OPENAI: openai.client(s, provider_http(s.openai_base_url, s), tracing=t),
+                anthropic.ANTHROPIC: anthropic.client(
+                    s, provider_http(s.anthropic_base_url, s), tracing=t
+                ),
             }
 
     async def start(self) -> None:
@@ -138,8 +148,8 @@ class Backends:
 
     def _channel(self, addr: str) -> grpc.aio.Channel:
         # Every replica the address names, round robin over those passing health checks, with
-        # fast reconnects (services.common.channels).
-        channel = aio_channel(addr)
+        # fast reconnects (services.common.channels); calls carry the request's trace.
+        channel = aio_channel(addr, interceptors=self.tracing.client_interceptors())
         self.channels.append(channel)
         return channel
 

@@ -31,7 +31,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -217,8 +217,11 @@ class EnginePool:
         *,
         rng: random.Random | None = None,
         resolve: Callable[[str, int], Awaitable[list[Any]]] | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     ) -> None:
         self.addresses = engine_addresses(addr)
+        # Those carrying the request's trace (services.common.tracing), on every channel.
+        self._interceptors = interceptors
         self.drain = drain or Drain()
         self.engines: dict[str, Engine] = {}
         self.failovers: dict[str, int] = {}
@@ -232,7 +235,10 @@ class EnginePool:
     # -- membership -------------------------------------------------------------------------
 
     def _add(self, name: str, tgt: str) -> Engine:
-        engine = Engine(name, grpc.aio.insecure_channel(tgt, options=list(ENGINE_OPTIONS)))
+        channel = grpc.aio.insecure_channel(
+            tgt, options=list(ENGINE_OPTIONS), interceptors=self._interceptors
+        )
+        engine = Engine(name, channel)
         self.engines[name] = engine
         if self._started:
             self._watch(engine)

@@ -8,6 +8,7 @@ import uvicorn
 
 from services.common.grpc_server import configure_logging
 from services.common.settings import Settings
+from services.common.tracing import setup_tracing
 from services.edge.app import create_app
 from services.edge.drain import Drain, DrainingServer
 
@@ -19,8 +20,9 @@ def main() -> None:
     # provider organization); request headers, where the provider key is, are never printed.
     logging.getLogger("httpcore").setLevel(max(logging.INFO, logging.getLogger().level))
     drain = Drain()
+    tracing = setup_tracing("edge")
     config = uvicorn.Config(
-        create_app(settings, drain),
+        create_app(settings, drain, tracing),
         host=settings.edge_host,
         port=settings.edge_port,
         log_level=settings.log_level.lower(),
@@ -38,7 +40,10 @@ def main() -> None:
     )
     # SIGTERM drains: not ready at once, no new connections after SLUICE_DRAIN_DELAY_S, streams
     # ended SLUICE_DRAIN_GRACE_S later, every request settled before the process exits.
-    DrainingServer(config, drain, settings.drain_delay_s, settings.drain_grace_s).run()
+    try:
+        DrainingServer(config, drain, settings.drain_delay_s, settings.drain_grace_s).run()
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from services.common.settings import Settings
+from services.common.tracing import Tracing
 from services.edge.providers.anthropic_chat import ERROR_STATUS
 from services.edge.providers.base import ProviderClient, SSEEvent, UpstreamFailure, as_dict
 from services.edge.providers.catalog import ANTHROPIC
@@ -43,9 +44,16 @@ def event_error(event: SSEEvent) -> UpstreamFailure | None:
     )
 
 
-def client(settings: Settings, http: httpx.AsyncClient) -> ProviderClient:
+def client(
+    settings: Settings, http: httpx.AsyncClient, tracing: Tracing | None = None
+) -> ProviderClient:
     return ProviderClient(
-        ANTHROPIC, http, auth_headers, event_error, max_retries=settings.upstream_max_retries
+        ANTHROPIC,
+        http,
+        auth_headers,
+        event_error,
+        max_retries=settings.upstream_max_retries,
+        tracing=tracing,
     )
 
 

@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import httpx
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from services.common.tracing import NO_SPAN, SpanBlock, Tracing
 from services.edge.drain import shutdown_error
 from services.edge.errors import APIError
 from services.edge.providers.credentials import ProviderKey
@@ -287,6 +290,7 @@ class ProviderClient:
         max_retries: int = 3,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        tracing: Tracing | None = None,
     ) -> None:
         self.provider = provider
         self.http = http
@@ -295,6 +299,9 @@ class ProviderClient:
         self.max_retries = max_retries
         self.sleep = sleep
         self.rng = rng
+        # Each attempt is a client span (services.common.tracing); the trace context is not
+        # sent to the provider.
+        self.tracing = tracing or Tracing()
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -345,6 +352,7 @@ class ProviderClient:
         async def attempt() -> dict[str, Any]:
             request = self._request(path, body, key, headers, method, params)
             response = await self.http.send(request)
+            _note_status(response)
             if not response.is_success:
                 raise await self._status_failure(response, key)
             try:
@@ -355,7 +363,7 @@ class ProviderClient:
                 raise UpstreamFailure("stream", "the answer is not a JSON object")
             return answer
 
-        return await self._with_retries(attempt, key, model, request_id)
+        return await self._with_retries(attempt, key, model, request_id, method, path)
 
     async def post_stream(
         self,
@@ -371,6 +379,7 @@ class ProviderClient:
 
         async def attempt() -> UpstreamStream:
             response = await self.http.send(self._request(path, body, key, headers), stream=True)
+            _note_status(response)
             try:
                 if not response.is_success:
                     raise await self._status_failure(response, key)
@@ -385,7 +394,7 @@ class ProviderClient:
                 raise
             return UpstreamStream(response, first, events, self.event_error, key)
 
-        return await self._with_retries(attempt, key, model, request_id)
+        return await self._with_retries(attempt, key, model, request_id, "POST", path)
 
     async def _with_retries(
         self,
@@ -393,17 +402,21 @@ class ProviderClient:
         key: ProviderKey,
         model: str,
         request_id: str,
+        method: str,
+        path: str,
     ) -> Any:
         tries = 0
         while True:
-            try:
-                return await attempt()
-            except UpstreamFailure as exc:
-                failure = exc
-            except httpx.TimeoutException:
-                failure = UpstreamFailure("timeout", "")
-            except httpx.RequestError as exc:
-                failure = UpstreamFailure("connection", _transport_detail(exc))
+            with self._attempt_span(method, path, tries) as span:
+                try:
+                    return await attempt()
+                except UpstreamFailure as exc:
+                    failure = exc
+                except httpx.TimeoutException:
+                    failure = UpstreamFailure("timeout", "")
+                except httpx.RequestError as exc:
+                    failure = UpstreamFailure("connection", _transport_detail(exc))
+                _note_failure(span, failure)
             failure.detail = scrub(failure.detail, key)
             failure.code = scrub(failure.code, key)
             if not failure.retryable or tries >= self.max_retries:
@@ -428,6 +441,23 @@ class ProviderClient:
             await self.sleep(delay)
             tries += 1
 
+    def _attempt_span(self, method: str, path: str, tries: int) -> SpanBlock:
+        """One attempt's client span, as OpenTelemetry's HTTP conventions describe it (the URL
+        without any query; the provider key is in a header, and headers are not recorded)."""
+        if not self.tracing.enabled:
+            return NO_SPAN
+        url = self.http.base_url.copy_with(query=None)
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.full": str(url).rstrip("/") + "/" + path.lstrip("/"),
+            "server.address": url.host,
+        }
+        if url.port is not None:
+            attributes["server.port"] = url.port
+        if tries:
+            attributes["http.request.resend_count"] = tries
+        return self.tracing.span(method, kind=SpanKind.CLIENT, attributes=attributes)
+
     async def _status_failure(self, response: httpx.Response, key: ProviderKey) -> UpstreamFailure:
         try:
             await response.aread()
@@ -450,6 +480,21 @@ class ProviderClient:
 def shutdown_failure() -> UpstreamFailure:
     """What a provider stream still running at the edge's drain deadline raises."""
     return UpstreamFailure("shutdown", "the server is shutting down", should_retry=False)
+
+
+def _note_status(response: httpx.Response) -> None:
+    """The provider's status on the attempt's span (a no-op when tracing is off)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("http.response.status_code", response.status_code)
+
+
+def _note_failure(span: Span, failure: UpstreamFailure) -> None:
+    """A failed attempt: its HTTP status or its kind (timeout, connection, stream)."""
+    if span.is_recording():
+        kind = str(failure.status) if failure.kind == "http" else failure.kind
+        span.set_attribute("error.type", kind)
+        span.set_status(Status(StatusCode.ERROR, kind))
 
 
 def stream_failure_error(provider: str, failure: UpstreamFailure) -> APIError:

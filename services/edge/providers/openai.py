@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from services.common.settings import Settings
+from services.common.tracing import Tracing
 from services.edge.providers.base import (
     EventCheck,
     ProviderClient,
@@ -52,10 +53,18 @@ def event_error(event: SSEEvent) -> UpstreamFailure | None:
 
 
 def client(
-    settings: Settings, http: httpx.AsyncClient, check: EventCheck = event_error
+    settings: Settings,
+    http: httpx.AsyncClient,
+    check: EventCheck = event_error,
+    tracing: Tracing | None = None,
 ) -> ProviderClient:
     return ProviderClient(
-        OPENAI, http, auth_headers, check, max_retries=settings.upstream_max_retries
+        OPENAI,
+        http,
+        auth_headers,
+        check,
+        max_retries=settings.upstream_max_retries,
+        tracing=tracing,
     )
 
 

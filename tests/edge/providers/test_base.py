@@ -12,8 +12,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from services.common.settings import Settings
+from services.common.tracing import Tracing
 from services.edge.errors import APIError
 from services.edge.providers import openai
 from services.edge.providers.base import (
@@ -336,3 +340,46 @@ def test_the_client_follows_the_settings() -> None:
     http = httpx.AsyncClient(base_url="http://127.0.0.1:1")
     client = openai.client(Settings(upstream_max_retries=5), http)
     assert (client.provider, client.max_retries) == ("openai", 5)
+
+
+async def test_each_attempt_is_a_client_span_without_the_key(
+    fake: RunningFake, sleeps: Sleeps
+) -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.with_processors("edge", [SimpleSpanProcessor(exporter)])
+    fake.script(fail_next=1, fail_status=503, chunks=["a", "b"])
+    async with httpx.AsyncClient(base_url=fake.url + "/v1", timeout=5.0) as http:
+        client = make_client(http, sleeps)
+        client.tracing = tracing
+        with tracing.span("chat openai/gpt-4o-mini") as generation:
+            assert (await events(await stream(client)))[-1] == "[DONE]"
+    failed, ok, parent = exporter.get_finished_spans()
+    assert parent.name == "chat openai/gpt-4o-mini"
+    url = fake.url + "/v1/chat/completions"
+    port = httpx.URL(fake.url).port
+    for span in (failed, ok):
+        assert span.name == "POST"
+        assert span.kind is SpanKind.CLIENT
+        assert span.parent is not None
+        assert span.parent.span_id == generation.get_span_context().span_id
+        assert KEY not in span.to_json()
+    assert failed.attributes == {
+        "http.request.method": "POST",
+        "url.full": url,
+        "server.address": "127.0.0.1",
+        "server.port": port,
+        "http.response.status_code": 503,
+        "error.type": "503",
+    }
+    assert failed.status.status_code is StatusCode.ERROR
+    assert ok.attributes == {
+        "http.request.method": "POST",
+        "url.full": url,
+        "server.address": "127.0.0.1",
+        "server.port": port,
+        "http.request.resend_count": 1,
+        "http.response.status_code": 200,
+    }
+    assert ok.status.status_code is StatusCode.UNSET
+    # The trace context stays here: the provider never sees it.
+    assert all("traceparent" not in {k.lower() for k in r["headers"]} for r in fake.requests())
