@@ -39,6 +39,8 @@ OPERATIONS = {
     "/v1/embeddings": "embeddings",
     "/v1/responses": "chat",
     "/v1/messages": "chat",
+    # Not a generation, but the provider's answer all the same (Anthropic's token count).
+    "/v1/messages/count_tokens": "count_tokens",
 }
 
 

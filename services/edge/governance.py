@@ -5,6 +5,11 @@ exactly once. Every generating route (chat, completions, embeddings, messages) g
 The edge holds no business state: every decision is made by auth or metering, and this module
 only sequences the calls and guarantees that an admitted request is always settled, whether it
 finished, failed, or its client went away.
+
+With tracing on, each step is a span under the request's (services.edge.traces):
+"authenticate", "admit" (model resolution and reservation), the generation (`chat <model>`,
+the GenAI conventions' client span, from admission to settlement: the engine's stream or the
+provider's calls are its children) and "settle".
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from starlette.requests import Request
 
+from services.common import genai_spans, tracing
 from services.common.quota import quota_from_proto, quota_to_proto
 from services.common.ratelimits import rate_limit_headers
 from services.edge.backends import CONTROL_TIMEOUT_S, Backends
@@ -75,6 +83,26 @@ def request_ip(backends: Backends, request: Request) -> str:
 
 
 async def authenticate(
+    backends: Backends, request: Request, model: str, *, x_api_key: bool = False
+) -> auth_pb2.Principal:
+    """The caller's principal (auth's `Authenticate`, or this edge's one-second cache)."""
+    with backends.tracing.span("authenticate") as span:
+        principal = await _authenticate(backends, request, model, x_api_key=x_api_key)
+        if span.is_recording():
+            span.set_attributes(principal_attributes(principal))
+        return principal
+
+
+def principal_attributes(principal: auth_pb2.Principal) -> dict[str, str]:
+    """Who called, by identifiers only, for spans."""
+    return {
+        "sluice.org.id": principal.org_id,
+        "sluice.project.id": principal.project_id,
+        "sluice.key.id": principal.key_id,
+    }
+
+
+async def _authenticate(
     backends: Backends, request: Request, model: str, *, x_api_key: bool = False
 ) -> auth_pb2.Principal:
     key = bearer_key(request, x_api_key=x_api_key)
@@ -167,18 +195,30 @@ async def admit(
     `authenticate` gave it for the same model."""
     if principal is None:
         principal = await authenticate(backends, request, model_ref, x_api_key=x_api_key)
-    try:
-        target = await backends.resolve(model_ref, principal.org_id)
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() in REFUSALS:
-            record_refusal(backends, request, model_ref, principal_ids(principal))
-        raise from_grpc(exc, "engine") from None
-    except APIError as exc:
-        if exc.status < 500:
-            record_refusal(backends, request, model_ref, principal_ids(principal))
-        raise
-    wanted = bounds(target)
-    return await Admission.admit(backends, request, principal, target, wanted)
+    # The request's own context: the generation and the settlement are its children too.
+    parent = tracing.current_context()
+    with backends.tracing.span("admit") as span:
+        try:
+            target = await backends.resolve(model_ref, principal.org_id)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in REFUSALS:
+                record_refusal(backends, request, model_ref, principal_ids(principal))
+            raise from_grpc(exc, "engine") from None
+        except APIError as exc:
+            if exc.status < 500:
+                record_refusal(backends, request, model_ref, principal_ids(principal))
+            raise
+        wanted = bounds(target)
+        admission = await Admission.admit(backends, request, principal, target, wanted)
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "sluice.request.id": admission.request_id,
+                    "sluice.reserved_tokens": admission.reserved_tokens,
+                }
+            )
+    admission.begin_generation(parent, model_ref)
+    return admission
 
 
 def principal_ids(principal: auth_pb2.Principal) -> dict[str, str]:
@@ -208,6 +248,14 @@ class Admission:
     first_token_at: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Finish reasons of the choices, and the model that answered where the answer names it.
+    finish_reasons: list[str] = field(default_factory=list)
+    response_model: str = ""
+    # The request's trace (see the module doc): the context its spans are children of, and the
+    # generation's span, ended by settle() (INVALID_SPAN, a no-op, when tracing is off).
+    trace_context: Context | None = None
+    generation: Span = tracing.INVALID_SPAN
+    _generation_started: float = 0.0
     _settled: asyncio.Task[None] | None = None
     _lease: asyncio.Task[None] | None = None
 
@@ -275,9 +323,39 @@ class Admission:
             return wanted
         return self.max_context if wanted is None else min(wanted, self.max_context)
 
+    def begin_generation(self, parent: Context, model_ref: str) -> None:
+        """Starts the generation's span (the GenAI conventions' client span, named after the
+        model as the request named it), a child of `parent`; settle() ends it."""
+        if not self.backends.tracing.enabled:
+            return
+        self.trace_context = parent
+        operation = genai_spans.operation_of(self.endpoint)
+        attributes = genai_spans.attributes(operation, self.target.provider, model_ref)
+        attributes["sluice.request.id"] = self.request_id
+        if self.target.upstream is None:
+            attributes[genai_spans.RESPONSE_MODEL] = self.target.public_name
+        self.generation = self.backends.tracing.start(
+            genai_spans.span_name(operation, model_ref),
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            context=parent,
+        )
+        self._generation_started = time.monotonic()
+
+    def generating(self, request: engine_pb2.GenerateRequest | None = None) -> tracing.SpanBlock:
+        """Makes the generation's span current for a `with` block, so that the calls made in it
+        (the engine's stream, the provider's attempts) are its children; `request`, a hosted
+        generation's, adds its settings to the span."""
+        if request is not None and self.generation.is_recording():
+            self.generation.set_attributes(genai_spans.hosted_request_attributes(request))
+        return tracing.use(self.generation)
+
     def output_started(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
+            if self.generation.is_recording():
+                elapsed = self.first_token_at - self._generation_started
+                genai_spans.record_first_token(self.generation, elapsed)
 
     def observe(self, msg: engine_pb2.GenerateResponse) -> None:
         if msg.token_count:
@@ -286,6 +364,8 @@ class Admission:
             # Known from the first message, so that a stream broken later bills the prompt too.
             self.prompt_tokens = msg.prompt_tokens
         self.completion_tokens += msg.token_count
+        if msg.finish_reason:
+            self.finish_reasons.append(msg.finish_reason)
         if msg.HasField("usage"):
             self.prompt_tokens = msg.usage.prompt_tokens
             self.completion_tokens = msg.usage.completion_tokens
@@ -304,8 +384,24 @@ class Admission:
         if self._settled is None:
             if self._lease is not None:
                 self._lease.cancel()
+            self._end_generation(status)
             self._settled = _background(self.backends, self._settle(status))
         return self._settled
+
+    def _end_generation(self, status: str) -> None:
+        span = self.generation
+        if not span.is_recording():
+            return
+        genai_spans.record_outcome(
+            span, self.prompt_tokens, self.completion_tokens, self.finish_reasons
+        )
+        if self.response_model:
+            span.set_attribute(genai_spans.RESPONSE_MODEL, self.response_model)
+        span.set_attribute("sluice.status", status)
+        if status != "ok":
+            span.set_attribute("error.type", status)
+            span.set_status(Status(StatusCode.ERROR, status))
+        span.end()
 
     async def _settle(self, status: str) -> None:
         now = time.monotonic()
@@ -335,4 +431,8 @@ class Admission:
             client_ip=self.client_ip,
             provider=self.target.provider,
         )
-        await _settle_with_retries(self.backends, req)
+        attributes = {"sluice.request.id": self.request_id, "sluice.status": status}
+        with self.backends.tracing.span(
+            "settle", attributes=attributes, context=self.trace_context
+        ):
+            await _settle_with_retries(self.backends, req)

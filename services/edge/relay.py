@@ -34,6 +34,8 @@ class StreamCodec(Protocol[Frame]):
 
     # Set once the provider's last event was seen; the end goes out only after settlement.
     finished: bool
+    # The choices' finish reasons as the events told them, for the request's trace.
+    finish_reasons: list[str]
 
     def frames(self, event: SSEEvent) -> Sequence[Frame]:
         """What to send the client for one provider event, now."""
@@ -60,6 +62,7 @@ async def relay(
 
     def account() -> None:
         admission.prompt_tokens, admission.completion_tokens = codec.usage()
+        admission.finish_reasons = codec.finish_reasons
 
     try:
         try:

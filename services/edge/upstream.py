@@ -31,15 +31,33 @@ async def provider_key(backends: Backends, admission: Admission) -> ProviderKey:
 
 async def guarded(admission: Admission, call: Awaitable[T]) -> T:
     """`call`'s result; its failure settles the request (refused below 500, else failed) and is
-    raised with the request's headers. A client gone meanwhile is settled as cancelled."""
+    raised with the request's headers. A client gone meanwhile is settled as cancelled. What
+    `call` does is part of the request's generation (its span's children)."""
     try:
-        return await call
+        with admission.generating():
+            return await call
     except APIError as exc:
         await admission.settle("rejected" if exc.status < 500 else "error")
         raise admission.error(exc) from None
     except BaseException:
         admission.settle("cancelled")
         raise
+
+
+def finish_reasons(obj: dict[str, Any]) -> list[str]:
+    """The finish reasons of an OpenAI chat object (an answer or a stream's chunk)."""
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        return []
+    reasons = (c.get("finish_reason") for c in choices if isinstance(c, dict))
+    return [r for r in reasons if isinstance(r, str) and r]
+
+
+def describe(admission: Admission, answer: dict[str, Any]) -> None:
+    """An OpenAI chat answer's finish reasons and model, for the request's trace."""
+    admission.finish_reasons = finish_reasons(answer)
+    if isinstance(model := answer.get("model"), str):
+        admission.response_model = model
 
 
 def account(admission: Admission, prompt: Any, completion: Any) -> None:

@@ -135,6 +135,8 @@ async def messages(request: Request) -> Response:
         )
         prompt, completion = usage_of(answer.get("usage"))
         account(admission, prompt, completion)
+        if isinstance(reason := answer.get("stop_reason"), str):
+            admission.finish_reasons = [reason]
         await admission.settle("ok")
         return JSONResponse(answer, headers=admission.headers)
     stream = await guarded(
@@ -198,6 +200,8 @@ class MessagesCodec:
     prompt: int = 0
     completion: int | None = None
     pieces: int = 0
+    # Anthropic's stop reason, for the request's trace.
+    finish_reasons: list[str] = field(default_factory=list)
     _end: list[bytes] = field(default_factory=list)
 
     def frames(self, event: SSEEvent) -> list[bytes]:
@@ -207,6 +211,8 @@ class MessagesCodec:
         if kind == "message_start":
             self.prompt, _ = usage_of(as_dict(obj.get("message")).get("usage"))
         elif kind == "message_delta":
+            if isinstance(reason := as_dict(obj.get("delta")).get("stop_reason"), str):
+                self.finish_reasons = [reason]
             usage = obj.get("usage")
             if isinstance(usage, dict):
                 prompt, completion = usage_of(usage)

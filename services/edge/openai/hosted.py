@@ -129,7 +129,8 @@ async def run(backends: Backends, shape: Shape, admission: Admission) -> ChatAns
         # The first message is awaited before answering, so that a request the engine refuses
         # (context too long, queue full) gets a proper HTTP error instead of a broken stream;
         # an engine down or full before it is replaced by another (services.edge.engines).
-        call, first = await backends.engines.generate(gen, backends.settings.request_timeout_s)
+        with admission.generating(gen):
+            call, first = await backends.engines.generate(gen, backends.settings.request_timeout_s)
     except grpc.aio.AioRpcError as exc:
         refused = exc.code() in REFUSALS
         await admission.settle("rejected" if refused else "error")

@@ -151,6 +151,8 @@ class ResponsesCodec:
     completion: int | None = None
     pieces: int = 0
     sequence: int = -1
+    # A response has a status, not per-choice finish reasons: none are recorded.
+    finish_reasons: list[str] = field(default_factory=list)
     _end: list[bytes] = field(default_factory=list)
 
     def frames(self, event: SSEEvent) -> list[bytes]:

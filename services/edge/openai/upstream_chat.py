@@ -27,7 +27,15 @@ from services.edge.providers.base import SSEEvent, UpstreamFailure, as_dict, dum
 from services.edge.providers.catalog import ANTHROPIC, UpstreamModel, parse
 from services.edge.relay import relay
 from services.edge.targets import Target
-from services.edge.upstream import SSE_HEADERS, account, data_frame, guarded, provider_key
+from services.edge.upstream import (
+    SSE_HEADERS,
+    account,
+    data_frame,
+    describe,
+    finish_reasons,
+    guarded,
+    provider_key,
+)
 
 DONE_FRAME = b"data: [DONE]\n\n"
 
@@ -82,6 +90,7 @@ async def _openai(
         )
         usage = as_dict(answer.get("usage"))
         account(admission, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        describe(admission, answer)
         answer["model"] = openai.public_model(answer.get("model"), model.model)
         await admission.settle("ok")
         return JSONResponse(answer, headers=admission.headers)
@@ -178,6 +187,7 @@ async def run_anthropic(
         )
         usage = completion.get("usage") or {}
         account(admission, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        describe(admission, completion)
         await admission.settle("ok")
         return ChatAnswer(completion=completion)
     message_body["stream"] = True
@@ -233,12 +243,14 @@ class OpenAIChatCodec:
     prompt: int = 0
     completion: int | None = None
     pieces: int = 0
+    finish_reasons: list[str] = field(default_factory=list)
 
     def frames(self, event: SSEEvent) -> list[bytes]:
         if event.data.strip() == openai.DONE:
             self.finished = True
             return []
         chunk = load_event(event.data)
+        self.finish_reasons += finish_reasons(chunk)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.prompt = int(usage.get("prompt_tokens") or 0)
@@ -269,6 +281,7 @@ class TranslatedCodec:
     translator: anthropic_chat.StreamTranslator
     finished: bool = False
     pieces: int = 0
+    finish_reasons: list[str] = field(default_factory=list)
     _closing: list[dict[str, Any]] = field(default_factory=list)
 
     def frames(self, event: SSEEvent) -> list[dict[str, Any]]:
@@ -278,6 +291,8 @@ class TranslatedCodec:
             raise UpstreamFailure("stream", exc.message) from None
         except (KeyError, TypeError, ValueError, AttributeError):
             raise UpstreamFailure("stream", "unexpected event in the stream") from None
+        for chunk in chunks:
+            self.finish_reasons += finish_reasons(chunk)
         if self.translator.finished:
             self.finished = True
             self._closing = chunks
