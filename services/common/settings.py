@@ -2,7 +2,8 @@
 
 A `Settings` object is built in each process's `main()` and passed down; no service reads the
 environment anywhere else. (One CLI input is not configuration and is read where it is used:
-`sluice providers add` takes a provider key from SLUICE_PROVIDER_API_KEY.)
+`sluice providers add` takes a provider key from SLUICE_PROVIDER_API_KEY. Traces are configured
+by OpenTelemetry's standard OTEL_* variables, which `services.common.tracing` and the SDK read.)
 """
 
 from __future__ import annotations
