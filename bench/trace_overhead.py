@@ -34,7 +34,7 @@ import grpc
 import httpx
 
 from bench import stack as launcher
-from bench.config import GATEWAY_PROMPT, MODEL
+from bench.config import GATEWAY_PROMPT, MODEL, ROOT
 from services.common.channels import aio_channel
 from services.common.grpc_server import start_server
 from services.common.tracing import Tracing
@@ -91,7 +91,7 @@ async def _compare(
     off_s, on_s = statistics.median(times["off"]), statistics.median(times["on"])
     print(
         f"{name:<38} off {per_call_us(times['off'])}   on {per_call_us(times['on'])}"
-        f"   +{(on_s - off_s) * 1e6:6.1f} µs"
+        f"   {(on_s - off_s) * 1e6:+6.1f} µs"
     )
 
 
@@ -245,20 +245,21 @@ def stacks(endpoint: str, n: int, baseline: Path | None = None) -> None:
         finally:
             for run in runs.values():
                 launcher.stop_stack(run)
+    a, b = ("off", "on") if baseline is None else ("baseline", "this")
+    if baseline is not None:
+        print(f"baseline: {baseline}; this: {ROOT}; tracing off in both")
     off_ms = statistics.median(times["off"]) * 1e3
     on_ms = statistics.median(times["on"]) * 1e3
-    if baseline is not None:
-        print(f"'off' is {baseline}, 'on' is this checkout, both without tracing")
     print(
-        f"hosted chat, 1 token, through the stack: latency off {off_ms:7.2f} ms   "
-        f"on {on_ms:7.2f} ms   +{on_ms - off_ms:5.2f} ms (median of {n} each, interleaved)"
+        f"hosted chat, 1 token, through the stack: latency {a} {off_ms:7.2f} ms   "
+        f"{b} {on_ms:7.2f} ms   {on_ms - off_ms:+5.2f} ms (median of {n} each, interleaved)"
     )
     for svc in ("edge", "auth", "metering", "engine"):
         off_cpu = cpu["off"].get(svc, 0.0) / n * 1e3
         on_cpu = cpu["on"].get(svc, 0.0) / n * 1e3
         print(
-            f"  CPU per request in {svc:<8} off {off_cpu:6.2f} ms   on {on_cpu:6.2f} ms"
-            f"   +{on_cpu - off_cpu:5.2f} ms"
+            f"  CPU per request in {svc:<8} {a} {off_cpu:6.2f} ms   {b} {on_cpu:6.2f} ms"
+            f"   {on_cpu - off_cpu:+5.2f} ms"
         )
 
 
