@@ -1,10 +1,11 @@
 """Traces across the four processes: the stack runs with `OTEL_*` pointing at a loopback OTLP/HTTP
 receiver in this test, which decodes what every process exports (`ExportTraceServiceRequest`).
 
-One hosted chat request and one bring-your-own-key request, each sent with a client
-`traceparent`, must each come back as one trace under the client's trace id: spans from the
-edge, auth, metering and (hosted only) the engine, every parent in the trace or the client's own
-span, the governance spans and the GenAI attributes in place. A request without a `traceparent`
+A streamed hosted chat request and two bring-your-own-key ones (OpenAI whole, Anthropic
+streamed and translated), each sent with a client `traceparent`, must each come back as one
+trace under the client's trace id: spans from the edge, auth, metering and (hosted only) the
+engine, every parent in the trace or the client's own span, the governance spans and the GenAI
+attributes in place. A request without a `traceparent`
 starts its trace at the edge; an unsampled one leaves no spans. Nothing any process exported
 holds the API key, a provider key, the prompt or the answer."""
 
@@ -31,7 +32,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 
 from tests.e2e.processes import Services
-from tests.e2e.providers import GPT, provider_secret
+from tests.e2e.providers import CLAUDE, GPT, provider_secret
 
 HOSTED = "smollm2-135m-instruct"
 PROMPT = "Name one river of the quiet heron valley 7f3a9c."
@@ -229,7 +230,8 @@ def _check_rpc(spans: list[Span], caller: Span, service: str, method: str) -> No
 
 
 def _sequence(traced: Traced) -> dict[str, Any]:
-    """Sends the requests of the tests, once: hosted, BYOK, unsampled, without context. (The
+    """Sends the requests of the tests, once: hosted, BYOK (OpenAI whole, Anthropic streamed),
+    unsampled, without context. (The
     edge caches a principal for a second: the unsampled one, sent with the hosted one's key and
     model, is the one that may skip auth.)"""
     hosted_parent, hosted_id, hosted_span = _traceparent()
@@ -237,6 +239,14 @@ def _sequence(traced: Traced) -> dict[str, Any]:
     byok_parent, byok_id, byok_span = _traceparent()
     byok_body = {"model": GPT, "messages": [{"role": "user", "content": PROMPT}]}
     byok = _chat(traced, byok_body, byok_parent)
+    claude_parent, claude_id, claude_span = _traceparent()
+    claude_body = {
+        "model": CLAUDE,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    claude = _chat(traced, claude_body, claude_parent)
     unsampled, unsampled_id, _ = _traceparent()
     _chat(traced, _hosted_body(), unsampled[:-2] + "00")
     models = httpx.get(
@@ -249,6 +259,7 @@ def _sequence(traced: Traced) -> dict[str, Any]:
         "unsampled": unsampled_id,
         "hosted": (hosted_id, hosted_span, hosted),
         "byok": (byok_id, byok_span, byok),
+        "claude": (claude_id, claude_span, claude),
     }
 
 
@@ -373,6 +384,31 @@ def test_a_byok_request_is_one_trace_without_the_engine(
     )
 
 
+def test_a_translated_byok_stream_is_one_trace_ended_with_the_stream(
+    traced: Traced, sent: dict[str, Any]
+) -> None:
+    trace_id, client_span, resp = sent["claude"]
+    spans = traced.receiver.wait_for(
+        trace_id, ("sluice-metering", "sluice.metering.v1.MeteringService/Settle")
+    )
+    assert {s.service for s in spans} == SERVICES - {"sluice-engine"}
+    root = _check_tree(spans, client_span)
+    generation = _one(spans, "sluice-edge", f"chat {CLAUDE}")
+    assert generation.parent_id == root.span_id
+    text, usage, reasons = _streamed(resp)
+    assert text and reasons
+    attrs = generation.attributes
+    assert attrs["gen_ai.provider.name"] == "anthropic"
+    assert attrs["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
+    assert attrs["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
+    # As the translated stream's last chunk gave it to the client.
+    assert attrs["gen_ai.response.finish_reasons"] == reasons
+    assert "gen_ai.first_token" in generation.events
+    (upstream,) = [s for s in spans if s.kind == "CLIENT" and s.name == "POST"]
+    assert upstream.parent_id == generation.span_id
+    assert upstream.attributes["url.full"].endswith("/v1/messages")
+
+
 def _untraced_root(traced: Traced) -> Span:
     """The edge's span of the `GET /v1/models` sent without a traceparent, once it came."""
     deadline = time.monotonic() + WAIT_S
@@ -410,15 +446,16 @@ def test_an_unsampled_request_leaves_no_spans(traced: Traced, sent: dict[str, An
 
 
 def test_no_secret_and_no_text_in_anything_exported(traced: Traced, sent: dict[str, Any]) -> None:
-    for trace_id, *_ in (sent["hosted"], sent["byok"]):
+    for trace_id, *_ in (sent["hosted"], sent["byok"], sent["claude"]):
         traced.receiver.wait_for(
             trace_id, ("sluice-metering", "sluice.metering.v1.MeteringService/Settle")
         )
     text, _, _ = _streamed(sent["hosted"][2])
     answer = sent["byok"][2].json()["choices"][0]["message"]["content"]
+    claude, _, _ = _streamed(sent["claude"][2])
     # Whole, and their random tails (a key cut short is still a leak).
     forbidden = [*traced.secrets, *(s[-16:] for s in traced.secrets), PROMPT, "quiet heron"]
-    forbidden += [t for t in (text.strip(), answer.strip()) if len(t) >= 12]
+    forbidden += [t for t in (text.strip(), answer.strip(), claude.strip()) if len(t) >= 12]
     with traced.receiver.lock:
         raw = list(traced.receiver.raw)
         spans = list(traced.receiver.spans)
