@@ -46,8 +46,11 @@ class Sweeper:
         if task is None:
             return
         self._stop.set()
+        # asyncio.timeout rather than wait_for: on Python 3.11 wait_for can swallow a cancel
+        # that arrives as its inner await completes.
         try:
-            await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_S)
+            async with asyncio.timeout(STOP_GRACE_S):
+                await asyncio.shield(task)
         except TimeoutError:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -56,7 +59,8 @@ class Sweeper:
     async def _run(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._interval_s)
+                async with asyncio.timeout(self._interval_s):
+                    await self._stop.wait()
             if self._stop.is_set():
                 return
             try:
