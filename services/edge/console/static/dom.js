@@ -95,38 +95,60 @@ export function listField(form, name) {
     .filter(Boolean);
 }
 
+/** Which confirm buttons are armed, by what they act on, and until when (ms since epoch). */
+const armedUntil = new Map();
+const ARM_MS = 5000;
+
 /**
  * A button that asks for a second click before acting (no window.confirm, which a page cannot
- * style and a headless browser dismisses).
+ * style and a headless browser dismisses). `key` names what it acts on: the armed state belongs
+ * to that, not to the element, so a table that re-renders between the two clicks keeps it.
  */
-export function confirmButton(label, confirmLabel, action, props = {}) {
-  let armed = false;
-  let timer = 0;
+export function confirmButton(key, label, confirmLabel, action, props = {}) {
   const button = h("button", { type: "button", class: "danger small", ...props }, label);
+  const show = (armed) => {
+    button.textContent = armed ? confirmLabel : label;
+    button.classList.toggle("armed", armed);
+  };
+  const armed = () => (armedUntil.get(key) ?? 0) > Date.now();
+  const disarmLater = (ms) =>
+    window.setTimeout(() => {
+      if (button.isConnected && !armed()) show(false);
+    }, ms);
+  if (armed()) {
+    show(true);
+    disarmLater(armedUntil.get(key) - Date.now() + 10);
+  }
   button.addEventListener("click", async () => {
-    if (!armed) {
-      armed = true;
-      button.textContent = confirmLabel;
-      button.classList.add("armed");
-      timer = window.setTimeout(() => {
-        armed = false;
-        button.textContent = label;
-        button.classList.remove("armed");
-      }, 5000);
+    if (!armed()) {
+      armedUntil.set(key, Date.now() + ARM_MS);
+      show(true);
+      disarmLater(ARM_MS + 10);
       return;
     }
-    window.clearTimeout(timer);
+    armedUntil.delete(key);
     button.disabled = true;
     try {
       await action();
     } finally {
       button.disabled = false;
-      armed = false;
-      button.textContent = label;
-      button.classList.remove("armed");
+      show(false);
     }
   });
   return button;
+}
+
+/**
+ * Wraps a loader that fetches then renders so that only the latest call renders: a slow answer
+ * to an earlier call (a tab opened, then an action that reloads) never overwrites a newer one.
+ * The loader receives `current()`, to check after each await.
+ */
+export function latestOnly(loader) {
+  let generation = 0;
+  return (...args) => {
+    const mine = ++generation;
+    return loader(() => mine === generation, ...args);
+  };
 }
 
 /** A table from column specs [{label, value: row => text|Node, class}] and rows. */

@@ -10,6 +10,7 @@ import {
   fmtTime,
   h,
   intField,
+  latestOnly,
   listField,
   replace,
   showAlert,
@@ -243,16 +244,17 @@ function keyActions(k) {
       { type: "button", class: "small secondary", onclick: () => rotateKey(k) },
       "Rotate",
     ),
-    confirmButton("Revoke", "Confirm revoke", () => revokeKey(k)),
+    confirmButton(`key:${k.id}`, "Revoke", "Confirm revoke", () => revokeKey(k)),
   );
 }
 
-async function loadKeys() {
+const loadKeys = latestOnly(async (current) => {
   const o = org();
   const [keys] = await Promise.all([
     o ? admin.get("/keys", { org: o.name }).then((r) => r.data ?? []) : [],
     fetchProjects(),
   ]);
+  if (!current()) return;
   fillTable(
     $("op-keys-table"),
     [
@@ -279,7 +281,7 @@ async function loadKeys() {
     keys,
     o ? "No keys yet." : "Create an organization first.",
   );
-}
+});
 
 async function createKey(form) {
   const o = org();
@@ -322,9 +324,10 @@ async function revokeKey(k) {
 
 // Provider credentials -------------------------------------------------------------------------
 
-async function loadProviders() {
+const loadProviders = latestOnly(async (current) => {
   const o = org();
   const providers = o ? ((await admin.get("/providers", { org: o.name })).data ?? []) : [];
+  if (!current()) return;
   fillTable(
     $("op-providers-table"),
     [
@@ -333,12 +336,12 @@ async function loadProviders() {
       { label: "fingerprint", value: (p) => h("code", null, p.fingerprint) },
       { label: "id", value: (p) => h("code", null, p.id) },
       { label: "added (UTC)", value: (p) => fmtTime(p.created) },
-      { label: "", value: (p) => confirmButton("Remove", "Confirm remove", () => removeProvider(p)) },
+      { label: "", value: (p) => confirmButton(`provider:${p.id}`, "Remove", "Confirm remove", () => removeProvider(p)) },
     ],
     providers,
     o ? "No provider credentials: only hosted models are available." : "Create an organization first.",
   );
-}
+});
 
 async function addProvider(form) {
   const o = org();
