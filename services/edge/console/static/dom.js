@@ -111,19 +111,18 @@ export function confirmButton(key, label, confirmLabel, action, props = {}) {
     button.classList.toggle("armed", armed);
   };
   const armed = () => (armedUntil.get(key) ?? 0) > Date.now();
-  const disarmLater = (ms) =>
+  // Shown armed until the key's expiry (a few ms past it, so that `armed()` is false by then).
+  const showArmed = () => {
+    show(true);
     window.setTimeout(() => {
       if (button.isConnected && !armed()) show(false);
-    }, ms);
-  if (armed()) {
-    show(true);
-    disarmLater(armedUntil.get(key) - Date.now() + 10);
-  }
+    }, armedUntil.get(key) - Date.now() + 10);
+  };
+  if (armed()) showArmed();
   button.addEventListener("click", async () => {
     if (!armed()) {
       armedUntil.set(key, Date.now() + ARM_MS);
-      show(true);
-      disarmLater(ARM_MS + 10);
+      showArmed();
       return;
     }
     armedUntil.delete(key);
