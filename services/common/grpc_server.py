@@ -37,9 +37,9 @@ MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, SluiceError):
-        metadata: list[tuple[str, str]] = []
-        if exc.code:
-            metadata.append((ERROR_CODE_KEY, exc.code))
+        # Always present, empty or not: it tells the caller that a service chose this status,
+        # rather than gRPC itself (a transport failure, a message over its size limits).
+        metadata: list[tuple[str, str]] = [(ERROR_CODE_KEY, exc.code)]
         if exc.param:
             metadata.append((ERROR_PARAM_KEY, exc.param))
         retry_after = getattr(exc, "retry_after", None)

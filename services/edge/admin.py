@@ -21,6 +21,7 @@ from starlette.routing import Route
 from services.edge.backends import Backends, backends_of, unary
 from services.edge.body import read_json_object
 from services.edge.errors import APIError
+from services.edge.limits import check_names, check_params
 from services.edge.usage import records_response, to_json, totals_response, usage_filter
 from services.pb.auth.v1 import auth_pb2
 from services.pb.metering.v1 import metering_pb2
@@ -42,7 +43,16 @@ def _backends(request: Request) -> Backends:
             "(SLUICE_ADMIN_TOKEN, or the admin_token file in the data directory).",
             code="invalid_admin_token",
         )
+    check_params(request.path_params)
+    check_params(request.query_params)
     return backends
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    """The body, its strings free of what the databases cannot store (services.edge.limits)."""
+    body = await read_json_object(request)
+    check_names(body)
+    return body
 
 
 def _parse(data: Any, message: _M) -> _M:
@@ -55,9 +65,10 @@ def _parse(data: Any, message: _M) -> _M:
 
 
 async def _body(request: Request, message: _M, **defaults: Any) -> _M:
-    body = await read_json_object(request)
+    body = await _json(request)
     for name, value in defaults.items():
         body.setdefault(name, value)
+    check_names(body)
     return _parse(body, message)
 
 
@@ -87,7 +98,7 @@ async def _update_policy(
 ) -> metering_pb2.Policy:
     """Applies a partial policy body ({"plan": ..., "quota": {...}}) over the current policy."""
     current = await _policy(backends, scope, scope_id)
-    body = await read_json_object(request)
+    body = await _json(request)
     merged = to_json(current)
     if "plan" in body:
         merged["plan"] = body["plan"]
@@ -102,7 +113,7 @@ async def _update_policy(
 
 async def create_org(request: Request) -> Response:
     backends = _backends(request)
-    body = await read_json_object(request)
+    body = await _json(request)
     org = await unary(
         backends.auth.CreateOrg, auth_pb2.CreateOrgRequest(name=str(body.get("name", ""))), "auth"
     )
@@ -141,7 +152,7 @@ async def update_org(request: Request) -> Response:
 
 async def create_project(request: Request) -> Response:
     backends = _backends(request)
-    body = await read_json_object(request)
+    body = await _json(request)
     # Parsed before anything is created, so a bad quota leaves no project behind.
     quota = _parse(body.get("quota") or {}, metering_pb2.Quota())
     project = await unary(

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.settings import Settings
 from services.common.tracing import Tracing
@@ -22,6 +23,9 @@ from services.edge.routes import ROUTES
 from services.edge.traces import HTTPTracing
 
 log = logging.getLogger(__name__)
+
+# Far above what the SDKs send (a key, a few dozen headers), well below what could hurt the edge.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 def _render(request: Request, exc: APIError) -> Response:
@@ -45,14 +49,45 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _render(request, APIError(exc.status_code, str(exc.detail)))
 
 
-async def _unhandled(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-    return _render(
-        request,
-        APIError(
-            500, "The server had an error while processing your request.", type="server_error"
-        ),
-    )
+class Boundary:
+    """The outermost layer of every HTTP request.
+
+    Refuses headers over MAX_HEADER_BYTES in all (431), before any route reads them. Answers an
+    exception that no handler took with a 500 in the route's error shape, and keeps the
+    connection: Starlette's own last handler re-raises after answering, and the server then
+    drops the keep-alive connection that the client's next request would use. When the response
+    had already begun there is nothing left to answer; the failure is logged."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            msg = f"The request's headers are larger than {MAX_HEADER_BYTES} bytes in all."
+            error = APIError(431, msg, code="request_header_fields_too_large")
+            await _render(Request(scope), error)(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:  # noqa: BLE001 - this is the boundary
+            request = Request(scope)
+            log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+            if started:
+                return
+            error = APIError(
+                500, "The server had an error while processing your request.", type="server_error"
+            )
+            await _render(request, error)(scope, receive, send)
 
 
 def create_app(
@@ -74,10 +109,9 @@ def create_app(
     return Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        middleware=[Middleware(HTTPTracing, tracing=tracing)] if tracing.enabled else [],
-        exception_handlers={
-            APIError: _api_error,
-            HTTPException: _http_error,
-            Exception: _unhandled,
-        },
+        middleware=[
+            Middleware(Boundary),
+            *([Middleware(HTTPTracing, tracing=tracing)] if tracing.enabled else []),
+        ],
+        exception_handlers={APIError: _api_error, HTTPException: _http_error},
     )

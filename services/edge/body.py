@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from services.edge.errors import APIError, from_validation
+from services.edge.limits import check_json, too_deep
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -33,14 +34,22 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def json_object(raw: bytes) -> dict[str, Any]:
-    """`raw` as a JSON object; 400 when it is not one."""
+    """`raw` as a JSON object within the limits of `services.edge.limits`; 400 when it is not
+    one (NaN and Infinity, which Python's parser would take, are not JSON either)."""
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = json.loads(raw, parse_constant=_not_json)
+    except RecursionError:
+        raise too_deep() from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
         raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    check_json(body, raw)
     return body
 
 

@@ -7,6 +7,7 @@ in OpenAI's shape, or in Anthropic's on the Anthropic Messages routes, whose SDK
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
@@ -19,6 +20,8 @@ from services.common.grpc_server import (
     HTTP_STATUS_KEY,
     RETRY_AFTER_KEY,
 )
+
+log = logging.getLogger(__name__)
 
 # gRPC status -> (HTTP status, OpenAI error type). The official SDK raises a distinct exception
 # class per HTTP status, so these statuses are part of our API.
@@ -36,6 +39,11 @@ _GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
 }
 
+
+# Statuses gRPC reports itself about reaching a service, each with its own meaning to the client.
+_TRANSPORT_STATUSES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
 
 # HTTP status -> Anthropic error type, as the Messages API names them.
 _ANTHROPIC_TYPES: dict[int, str] = {
@@ -157,8 +165,14 @@ def from_validation(exc: ValidationError) -> APIError:
 
 
 def from_grpc(exc: grpc.aio.AioRpcError, service: str) -> APIError:
-    status, err_type = _GRPC_TO_HTTP.get(exc.code(), (500, "server_error"))
     trailing = dict(exc.trailing_metadata() or ())
+    if ERROR_CODE_KEY not in trailing and exc.code() not in _TRANSPORT_STATUSES:
+        # No service chose this status: gRPC did (a message over its limits, a broken stream),
+        # and its text describes our internals, not the client's request.
+        log.warning("%s call failed in gRPC: %s %s", service, exc.code().name, exc.details())
+        msg = f"The {service} service had an internal error."
+        return APIError(500, msg, type="server_error")
+    status, err_type = _GRPC_TO_HTTP.get(exc.code(), (500, "server_error"))
     code = trailing.get(ERROR_CODE_KEY) or None
     param = trailing.get(ERROR_PARAM_KEY) or None
     message = exc.details() or f"{service} failed"

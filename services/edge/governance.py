@@ -35,6 +35,7 @@ from services.edge.backends import CONTROL_TIMEOUT_S, Backends
 from services.edge.client_ip import client_ip
 from services.edge.control import with_transport_retries
 from services.edge.errors import APIError, from_grpc
+from services.edge.limits import check_model
 from services.edge.targets import Target
 from services.pb.auth.v1 import auth_pb2
 from services.pb.engine.v1 import engine_pb2
@@ -105,6 +106,7 @@ def principal_attributes(principal: auth_pb2.Principal) -> dict[str, str]:
 async def _authenticate(
     backends: Backends, request: Request, model: str, *, x_api_key: bool = False
 ) -> auth_pb2.Principal:
+    check_model(model)
     key = bearer_key(request, x_api_key=x_api_key)
     ip = request_ip(backends, request)
     # Keyed by a digest, so the cache holds no secret; only successes are cached, for at most

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from services.edge.backends import Backends, backends_of, unary
 from services.edge.errors import APIError
 from services.edge.governance import authenticate, metering_quota
+from services.edge.limits import check_params
 from services.pb.metering.v1 import metering_pb2
 
 GROUPS = ("day", "key", "model", "project")
@@ -53,7 +54,13 @@ def to_json(message: Message) -> dict[str, Any]:
     return out
 
 
-def _int_param(request: Request, name: str) -> int:
+# The largest values the proto fields they travel in can hold: `limit` is an int32, times are
+# unix seconds that become int64 milliseconds.
+MAX_LIMIT = 2**31 - 1
+MAX_TIME_S = (2**63 - 1) // 1000
+
+
+def _int_param(request: Request, name: str, maximum: int) -> int:
     raw = request.query_params.get(name, "")
     if not raw:
         return 0
@@ -62,21 +69,23 @@ def _int_param(request: Request, name: str) -> int:
     except ValueError:
         msg = f"'{name}' must be an integer."
         raise APIError(400, msg, param=name, code="invalid_value") from None
-    if value < 0:
-        raise APIError(400, f"'{name}' must not be negative.", param=name, code="invalid_value")
+    if not 0 <= value <= maximum:
+        msg = f"'{name}' must be an integer from 0 to {maximum}."
+        raise APIError(400, msg, param=name, code="invalid_value")
     return value
 
 
 def usage_filter(request: Request, org_id: str) -> metering_pb2.UsageFilter:
     """Filters from the query string; times are unix seconds, as in OpenAI's usage API."""
     q = request.query_params
+    check_params(q)
     return metering_pb2.UsageFilter(
         org_id=org_id,
         project_id=q.get("project_id", ""),
         key_id=q.get("key_id", ""),
         model=q.get("model", ""),
-        start_ms=_int_param(request, "start_time") * 1000,
-        end_ms=_int_param(request, "end_time") * 1000,
+        start_ms=_int_param(request, "start_time", MAX_TIME_S) * 1000,
+        end_ms=_int_param(request, "end_time", MAX_TIME_S) * 1000,
     )
 
 
@@ -102,7 +111,7 @@ async def records_response(
     fmt = _format(request)
     resp = await unary(
         backends.metering.QueryUsage,
-        metering_pb2.QueryUsageRequest(filter=flt, limit=_int_param(request, "limit")),
+        metering_pb2.QueryUsageRequest(filter=flt, limit=_int_param(request, "limit", MAX_LIMIT)),
         "metering",
     )
     rows = [to_json(r) for r in resp.records]

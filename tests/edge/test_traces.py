@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from services.common.settings import Settings
 from services.common.tracing import Tracing
-from services.edge.app import create_app
+from services.edge.app import Boundary, create_app
 from services.edge.traces import HTTPTracing
 
 SECRET = "sk-sluice-not-for-traces"
@@ -43,7 +43,7 @@ def test_the_middleware_is_there_only_when_tracing_is_on() -> None:
     off = create_app(Settings())
     on = create_app(Settings(), tracing=Tracing.with_processors("edge", []))
     assert not any(m.cls is HTTPTracing for m in off.user_middleware)
-    assert [m.cls for m in on.user_middleware] == [HTTPTracing]
+    assert [m.cls for m in on.user_middleware] == [Boundary, HTTPTracing]
 
 
 def test_a_request_continues_the_clients_trace_under_its_route(

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.edge.errors import UnsupportedField
+from services.edge.limits import MAX_MODEL_CHARS, MAX_STOP_CHARS, MAX_TOOLS
 
 # Values of fields the hosted models have no use for that change nothing (see the module doc).
 NO_OP_VALUES: dict[str, tuple[Any, ...]] = {
@@ -170,7 +171,7 @@ class ResponseFormat(_Strict):
 class _SamplingFields(_Strict):
     """Fields shared by both endpoints, with OpenAI's documented ranges."""
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_CHARS)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     max_tokens: int | None = Field(default=None, ge=1, lt=2**31)
@@ -190,13 +191,13 @@ class _SamplingFields(_Strict):
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list):
-            if len(value) > 4:
-                raise ValueError("at most 4 stop sequences are allowed")
-            if any(not s for s in value):
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        for stop in [value] if isinstance(value, str) else value or ():
+            if not stop:
                 raise ValueError("stop sequences must not be empty")
-        elif value == "":
-            raise ValueError("stop sequences must not be empty")
+            if len(stop) > MAX_STOP_CHARS:
+                raise ValueError(f"stop sequences must be at most {MAX_STOP_CHARS} characters")
         return value
 
     @field_validator("logit_bias")
@@ -227,7 +228,7 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     max_completion_tokens: int | None = Field(default=None, ge=1, lt=2**31)
-    tools: list[FunctionTool] | None = None
+    tools: list[FunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None

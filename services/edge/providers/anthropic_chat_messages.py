@@ -259,7 +259,7 @@ def _tool_use(call: Any, p: str) -> dict[str, Any]:
     else:
         try:
             parsed = json.loads(arguments) if isinstance(arguments, str) else None
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         if not isinstance(parsed, dict):
             raise invalid(
