@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sluice-installed
 PROTOS := $(wildcard protos/*/v1/*.proto)
 
-.PHONY: run test model protos lint bench clean browser
+.PHONY: run test model protos lint bench soak clean browser
 
 run: model
 	$(PY) -m services.cli up
@@ -27,6 +27,12 @@ browser:
 bench: model
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
+
+# Ten minutes of mixed traffic against a real stack, then memory, descriptors, open reservations
+# and the ledger against what was sent (docs/RELIABILITY.md). Not part of `make test`.
+# `make soak SOAK_ARGS="--duration 120 --postgres"` for a shorter run on PostgreSQL.
+soak: model
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 lint: protos
 	$(VENV)/bin/ruff check services tests bench scripts
