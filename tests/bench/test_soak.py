@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench.soak import children, process_sample, service_name
+from bench.procfs import children, process_sample, service_name
 from bench.soak_report import (
     KINDS,
     Tally,
