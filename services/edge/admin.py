@@ -57,6 +57,11 @@ async def _json(request: Request) -> dict[str, Any]:
 
 def _parse(data: Any, message: _M) -> _M:
     """JSON into a proto message; a wrong field or type is the client's 400."""
+    if not isinstance(data, dict):
+        name = message.DESCRIPTOR.name
+        raise APIError(
+            400, f"Invalid request body: {name} must be an object.", code="invalid_value"
+        )
     try:
         json_format.ParseDict(data, message)
     except json_format.ParseError as exc:
@@ -102,7 +107,10 @@ async def _update_policy(
     merged = to_json(current)
     if "plan" in body:
         merged["plan"] = body["plan"]
-    merged["quota"] = {**merged.get("quota", {}), **(body.get("quota") or {})}
+    quota = body.get("quota") or {}
+    if not isinstance(quota, dict):
+        raise APIError(400, "'quota' must be an object.", param="quota", code="invalid_value")
+    merged["quota"] = {**merged.get("quota", {}), **quota}
     merged.update(scope=scope, scope_id=scope_id)
     policy = _parse(merged, metering_pb2.Policy())
     return await unary(backends.metering.SetPolicy, policy, "metering")
