@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.edge import admin, usage
+from services.edge import admin, openapi, usage
 from services.edge.anthropic import messages
 from services.edge.backends import backends_of
 from services.edge.console import site as console
@@ -68,5 +68,6 @@ ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
     *console.ROUTES,
 ]
