@@ -6,6 +6,8 @@ targets, and writes results.json, the charts and the generated part of docs/PERF
     python -m bench.run --quick    # a short development run, written to a temporary folder
     python -m bench.run --constrained-only   # only the constrained-decoding part, merged into
                                              # the saved results.json and re-rendered
+    python -m bench.run --gateway-only       # only the gateway benchmark (bench.gateway_load):
+                                             # BYOK and hosted beside the LiteLLM proxy
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import byok, constrained, gateway, load
+from bench import byok, constrained, gateway, gateway_load, load
 from bench.baseline_genai import GenaiBaseline, prepare_model_copy, thread_count
 from bench.config import GATEWAY_PROMPT, MODEL, MODEL_FOLDER, PROMPT, ROOT, BenchConfig
 from bench.machine import load_average, machine_info
@@ -54,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--constrained-only",
         action="store_true",
         help="measure constrained decoding alone; the other sections come from results.json",
+    )
+    parser.add_argument(
+        "--gateway-only",
+        action="store_true",
+        help="measure the gateway benchmark alone (gateway.json and its section)",
     )
     parser.add_argument(
         "--render",
@@ -302,10 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.render is not None:
         # Re-render from a saved run (after editing the report's code or prose): no measuring.
         saved = json.loads(args.render.read_text())
-        publish(saved, output_paths(args, bool(saved["config"]["quick"])))
+        paths = output_paths(args, bool(saved["config"]["quick"]))
+        if "litellm_version" in saved:  # a gateway.json
+            _publish_gateway(saved, paths)
+        else:
+            publish(saved, paths)
         return 0
     cfg = BenchConfig.quick_run() if args.quick else BenchConfig.full()
     paths = output_paths(args, cfg.quick)
+    if args.gateway_only:
+        _publish_gateway(gateway_load.run(cfg.quick), paths)
+        return 0
     if args.constrained_only:
         saved_path = ROOT / "docs" / "bench" / "results.json"
         saved = json.loads(saved_path.read_text())
@@ -338,7 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     results["duration_s"] = time.perf_counter() - started
     _say(f"measured in {results['duration_s']:.0f} s")
     publish(results, paths)
+    _settle()
+    _say("gateway benchmark: BYOK and hosted paths beside the LiteLLM proxy")
+    _publish_gateway(gateway_load.run(cfg.quick), paths)
     return 0
+
+
+def _publish_gateway(results: dict[str, Any], paths: OutputPaths) -> None:
+    gateway_load.publish(results, paths.results.parent, paths.images, paths.performance)
 
 
 if __name__ == "__main__":
