@@ -69,12 +69,19 @@ def _parse(data: Any, message: _M) -> _M:
     return message
 
 
-async def _body(request: Request, message: _M, **defaults: Any) -> _M:
-    body = await _json(request)
-    for name, value in defaults.items():
-        body.setdefault(name, value)
+async def _body(request: Request, message: _M, **from_path: Any) -> _M:
+    """The body as `message`; what the path names (a key, a plan) wins over the body."""
+    body = {**await _json(request), **from_path}
     check_names(body)
     return _parse(body, message)
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    """A string field of a body that is not a proto message ("" when absent)."""
+    value = body.get(name, "")
+    if not isinstance(value, str):
+        raise APIError(400, f"'{name}' must be a string.", param=name, code="invalid_value")
+    return value
 
 
 async def _org(backends: Backends, ref: str) -> auth_pb2.Org:
@@ -123,7 +130,7 @@ async def create_org(request: Request) -> Response:
     backends = _backends(request)
     body = await _json(request)
     org = await unary(
-        backends.auth.CreateOrg, auth_pb2.CreateOrgRequest(name=str(body.get("name", ""))), "auth"
+        backends.auth.CreateOrg, auth_pb2.CreateOrgRequest(name=_text(body, "name")), "auth"
     )
     if plan := body.get("plan"):
         await unary(
@@ -165,7 +172,7 @@ async def create_project(request: Request) -> Response:
     quota = _parse(body.get("quota") or {}, metering_pb2.Quota())
     project = await unary(
         backends.auth.CreateProject,
-        auth_pb2.CreateProjectRequest(org=str(body.get("org", "")), name=str(body.get("name", ""))),
+        auth_pb2.CreateProjectRequest(org=_text(body, "org"), name=_text(body, "name")),
         "auth",
     )
     if body.get("quota"):

@@ -127,6 +127,9 @@ CASES = {
     "NUL in an organization name": Case(
         "POST", "/admin/v1/organizations", b'{"name": "a\\u0000b"}', 400, "name", admin=True
     ),
+    "a number as an organization name": Case(
+        "POST", "/admin/v1/organizations", b'{"name": 5}', 400, "name", admin=True
+    ),
     "NUL in a key name": Case(
         "POST",
         "/admin/v1/keys",
