@@ -65,6 +65,7 @@ class GatewayConfig:
     duration_s: float  # one measured phase
     warmup_s: float  # unrecorded load before each phase, at its concurrency
     settle_s: float  # pause after each phase
+    quiet_s: float  # pause after everything has started, before the first (warm-up) load
     rounds: int
     hosted_samples: int  # bench.gateway calls each way, per stack
     hosted_warmup: int
@@ -77,10 +78,11 @@ class GatewayConfig:
         return cls(
             quick=False,
             concurrencies=(1, 16, 64),
-            duration_s=5.0,
+            duration_s=4.0,
             warmup_s=0.5,
             settle_s=0.3,
-            rounds=2,
+            quiet_s=10.0,
+            rounds=3,
             hosted_samples=200,
             hosted_warmup=10,
             profile_s=8.0,
@@ -96,6 +98,7 @@ class GatewayConfig:
             duration_s=1.5,
             warmup_s=0.3,
             settle_s=0.2,
+            quiet_s=2.0,
             rounds=1,
             hosted_samples=30,
             hosted_warmup=3,
@@ -279,6 +282,14 @@ async def run_phases(
     clients = {name: closed_loop.make_clients(max(cfg.concurrencies)) for name in targets}
     phases = []
     try:
+        # Right after the stacks and the proxy start, this machine runs everything at up to
+        # twice the CPU per request (the client's own included) for a few tens of seconds:
+        # a pause, then every target once at the lowest and highest concurrency, unrecorded.
+        await asyncio.sleep(cfg.quiet_s)
+        for name, target in targets.items():
+            for c in (min(cfg.concurrencies), max(cfg.concurrencies)):
+                await closed_loop.run(clients[name], target, c, cfg.warmup_s * 2)
+        say(f"warmed up: every target at c={min(cfg.concurrencies)} and c={max(cfg.concurrencies)}")
         for r, c, name in gateway_stats.schedule(list(targets), cfg.concurrencies, cfg.rounds):
             target, client = targets[name], clients[name]
             await closed_loop.run(client, target, c, cfg.warmup_s)
@@ -294,6 +305,7 @@ async def run_phases(
                 "wall_s": phase.wall_s,
                 "cpu_s": {p: after[p] - before[p] for p in before},
                 "client_cpu_s": phase.client_cpu_s,
+                "load_1min": load_average()[:1],
             }
             phases.append(record)
             say(_phase_line(name, c, gateway_stats.summarize([record])))
@@ -331,6 +343,7 @@ def compact_phases(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "p50_ms": round(lat.get("p50", 0.0), 3),
                 "p99_ms": round(lat.get("p99", 0.0), 3),
                 "errors": p["errors"],
+                "load_1min": p.get("load_1min"),
             }
         )
     return out

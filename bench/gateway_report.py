@@ -162,6 +162,9 @@ def _machine_line(results: Mapping[str, Any]) -> str:
     load_text = f", 1-min load average {start[0]:.2f} at start" if start else ""
     if start and end:
         load_text += f" and {end[0]:.2f} at end"
+    loads = [p["load_1min"][0] for p in results.get("phases", []) if p.get("load_1min")]
+    if loads:
+        load_text += f" ({min(loads):.2f}-{max(loads):.2f} during the phases)"
     duration = results.get("duration_s")
     took = f"; the run took {duration:.0f} s" if duration else ""
     return (

@@ -36,12 +36,15 @@ def schedule(
     names: Sequence[str], concurrencies: Sequence[int], rounds: int
 ) -> list[tuple[int, int, str]]:
     """Every phase as (round, concurrency, target), in the order they run: concurrency by
-    concurrency within a round, the targets rotated by one more for each (round, concurrency)."""
+    concurrency within a round, the targets rotated by one more for each (round, concurrency)
+    and in reverse order in odd rounds, so that neither the first place nor the same
+    predecessor falls to one target every time."""
     out = []
     step = 0
     for r in range(rounds):
+        order = list(names) if r % 2 == 0 else list(reversed(names))
         for c in concurrencies:
-            out.extend((r, c, name) for name in rotated(names, step))
+            out.extend((r, c, name) for name in rotated(order, step))
             step += 1
     return out
 

@@ -17,9 +17,11 @@ from bench.closed_loop import error_kind
 def test_schedule_rotates_the_targets_between_phases() -> None:
     order = gateway_stats.schedule(["a", "b", "c"], [1, 16], rounds=2)
     assert len(order) == 12
-    firsts = [order[i][2] for i in range(0, 12, 3)]
-    assert firsts == ["a", "b", "c", "a"]
+    phases = [[name for _, _, name in order[i : i + 3]] for i in range(0, 12, 3)]
+    # Rotated by one more each time; the second round runs the other way round.
+    assert phases == [["a", "b", "c"], ["b", "c", "a"], ["a", "c", "b"], ["c", "b", "a"]]
     assert [(r, c) for r, c, _ in order[:3]] == [(0, 1)] * 3
+    assert [(r, c) for r, c, _ in order[9:]] == [(1, 16)] * 3
     assert {name for _, c, name in order if c == 16} == {"a", "b", "c"}
     assert gateway_stats.rotated([], 3) == []
     assert gateway_stats.rotated(["x", "y"], 3) == ["y", "x"]
