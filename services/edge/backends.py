@@ -41,6 +41,9 @@ MODEL_CACHE_TTL_S = 5.0
 # Short deadlines for governance calls: a slow dependency must fail the request, not hang it.
 CONTROL_TIMEOUT_S = 10.0
 MODEL_CACHE_SIZE = 10_000
+# Connection pools per provider, and idle connections each keeps (256 in all).
+PROVIDER_POOLS = 8
+KEEPALIVE_PER_POOL = 32
 # At shutdown, how long the edge keeps trying to deliver its kept settlements before it leaves
 # them in the outbox for its next start.
 OUTBOX_FLUSH_S = 5.0
@@ -62,18 +65,22 @@ async def unary(method: Callable[..., Awaitable[T]], request: Any, service: str)
         raise from_grpc(exc, service) from None
 
 
-def provider_http(base_url: str, settings: Settings) -> httpx.AsyncClient:
-    """The one HTTP client of a provider (connection pool shared by all its requests)."""
-    return httpx.AsyncClient(
-        base_url=base_url,
-        timeout=httpx.Timeout(
-            settings.upstream_read_timeout_s, connect=settings.upstream_connect_timeout_s
-        ),
-        # A redirect could send the provider key to another host.
-        follow_redirects=False,
-        headers={"user-agent": "sluice-edge"},
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-    )
+def provider_http(base_url: str, settings: Settings) -> list[httpx.AsyncClient]:
+    """The HTTP clients of a provider, alike, whose small pools its requests take in turn
+    (see `ProviderClient`)."""
+    return [
+        httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(
+                settings.upstream_read_timeout_s, connect=settings.upstream_connect_timeout_s
+            ),
+            # A redirect could send the provider key to another host.
+            follow_redirects=False,
+            headers={"user-agent": "sluice-edge"},
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=KEEPALIVE_PER_POOL),
+        )
+        for _ in range(PROVIDER_POOLS)
+    ]
 
 
 @dataclass

@@ -19,6 +19,10 @@ def main() -> None:
     # httpcore's DEBUG trace prints provider response headers (which can name the customer's
     # provider organization); request headers, where the provider key is, are never printed.
     logging.getLogger("httpcore").setLevel(max(logging.INFO, logging.getLogger().level))
+    # httpx logs every provider request at INFO: a line formatted and written per request, a few
+    # percent of the edge's CPU on the gateway path (docs/PERFORMANCE.md). Failures are logged
+    # by the provider client itself.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     drain = Drain()
     tracing = setup_tracing("edge")
     config = uvicorn.Config(

@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
 from services.common.settings import Settings
 from services.common.tracing import Tracing
 from services.edge.providers.anthropic_chat import ERROR_STATUS
-from services.edge.providers.base import ProviderClient, SSEEvent, UpstreamFailure, as_dict
+from services.edge.providers.base import (
+    HTTPClients,
+    ProviderClient,
+    SSEEvent,
+    UpstreamFailure,
+    as_dict,
+)
 from services.edge.providers.catalog import ANTHROPIC
 from services.edge.providers.credentials import ProviderKey
 
@@ -44,9 +48,7 @@ def event_error(event: SSEEvent) -> UpstreamFailure | None:
     )
 
 
-def client(
-    settings: Settings, http: httpx.AsyncClient, tracing: Tracing | None = None
-) -> ProviderClient:
+def client(settings: Settings, http: HTTPClients, tracing: Tracing | None = None) -> ProviderClient:
     return ProviderClient(
         ANTHROPIC,
         http,

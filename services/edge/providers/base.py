@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import json
 import logging
 import math
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -277,13 +278,20 @@ class UpstreamStream:
         await self.response.aclose()
 
 
+HTTPClients = httpx.AsyncClient | Sequence[httpx.AsyncClient]
+
+
 class ProviderClient:
-    """One provider's HTTP API (one connection pool shared by all its requests)."""
+    """One provider's HTTP API over one or more HTTP clients alike (`http`), taken in turn.
+
+    Several small connection pools instead of one large one: httpcore walks its whole pool for
+    every request it assigns, which under a few dozen concurrent calls cost the edge more CPU
+    than the rest of the provider call (docs/PERFORMANCE.md, the gateway profile)."""
 
     def __init__(
         self,
         provider: str,
-        http: httpx.AsyncClient,
+        http: HTTPClients,
         auth_headers: Callable[[ProviderKey], dict[str, str]],
         event_error: EventCheck,
         *,
@@ -293,7 +301,10 @@ class ProviderClient:
         tracing: Tracing | None = None,
     ) -> None:
         self.provider = provider
-        self.http = http
+        self.pools = [http] if isinstance(http, httpx.AsyncClient) else list(http)
+        # Requests are built by the first; the clients share base URL, headers and timeouts.
+        self.http = self.pools[0]
+        self._turns = itertools.cycle(self.pools)
         self.auth_headers = auth_headers
         self.event_error = event_error
         self.max_retries = max_retries
@@ -304,7 +315,8 @@ class ProviderClient:
         self.tracing = tracing or Tracing()
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        for pool in self.pools:
+            await pool.aclose()
 
     def _request(
         self,
@@ -351,7 +363,7 @@ class ProviderClient:
 
         async def attempt() -> dict[str, Any]:
             request = self._request(path, body, key, headers, method, params)
-            response = await self.http.send(request)
+            response = await next(self._turns).send(request)
             _note_status(response)
             if not response.is_success:
                 raise await self._status_failure(response, key)
@@ -378,7 +390,8 @@ class ProviderClient:
         """A streamed call, open and with its first event read; the caller must `aclose()` it."""
 
         async def attempt() -> UpstreamStream:
-            response = await self.http.send(self._request(path, body, key, headers), stream=True)
+            request = self._request(path, body, key, headers)
+            response = await next(self._turns).send(request, stream=True)
             _note_status(response)
             try:
                 if not response.is_success:

@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
 from services.common.settings import Settings
 from services.common.tracing import Tracing
 from services.edge.providers.base import (
     EventCheck,
+    HTTPClients,
     ProviderClient,
     SSEEvent,
     UpstreamFailure,
@@ -54,7 +53,7 @@ def event_error(event: SSEEvent) -> UpstreamFailure | None:
 
 def client(
     settings: Settings,
-    http: httpx.AsyncClient,
+    http: HTTPClients,
     check: EventCheck = event_error,
     tracing: Tracing | None = None,
 ) -> ProviderClient:

@@ -23,6 +23,7 @@ from services.edge.providers import openai
 from services.edge.providers.base import (
     BACKOFF_CAP_S,
     MAX_RETRY_AFTER_S,
+    HTTPClients,
     ProviderClient,
     UpstreamFailure,
     UpstreamStream,
@@ -62,7 +63,7 @@ def sleeps() -> Sleeps:
     return Sleeps()
 
 
-def make_client(http: httpx.AsyncClient, sleeps: Sleeps, retries: int = 3) -> ProviderClient:
+def make_client(http: HTTPClients, sleeps: Sleeps, retries: int = 3) -> ProviderClient:
     return ProviderClient(
         "openai",
         http,
@@ -116,6 +117,29 @@ async def test_a_success_is_the_providers_json(provider: ProviderClient, fake: R
     assert answer["usage"]["prompt_tokens"] == 9  # type: ignore[index]
     [sent] = fake.requests()
     assert sent["body"] == BODY
+
+
+async def test_requests_take_the_clients_in_turn_and_close_them_all(
+    fake: RunningFake, sleeps: Sleeps
+) -> None:
+    sent: list[int] = []
+
+    def counting(i: int) -> httpx.AsyncClient:
+        async def hook(request: httpx.Request) -> None:
+            sent.append(i)
+
+        return httpx.AsyncClient(
+            base_url=fake.url + "/v1", timeout=5.0, event_hooks={"request": [hook]}
+        )
+
+    pools = [counting(0), counting(1), counting(2)]
+    provider = make_client(pools, sleeps)
+    for _ in range(4):
+        assert (await call(provider))["object"] == "chat.completion"
+    await events(await stream(provider))
+    assert sent == [0, 1, 2, 0, 1]
+    await provider.aclose()
+    assert all(pool.is_closed for pool in pools)
 
 
 async def test_retries_before_output_honour_retry_after(
