@@ -71,7 +71,7 @@ def _parse(data: Any, message: _M) -> _M:
 
 async def _body(request: Request, message: _M, **from_path: Any) -> _M:
     """The body as `message`; what the path names (a key, a plan) wins over the body."""
-    body = {**await _json(request), **from_path}
+    body = {**await read_json_object(request), **from_path}
     check_names(body)
     return _parse(body, message)
 

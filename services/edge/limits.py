@@ -17,7 +17,7 @@ travel in) and the query parameters' (`services.edge.usage`).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from services.edge.errors import APIError, field_path
@@ -60,24 +60,32 @@ def _check_text(text: str, path: tuple[Any, ...]) -> None:
         ) from None
 
 
+def _nodes(value: Any) -> Iterator[tuple[Any, tuple[Any, ...], int]]:
+    """Every value of a parsed JSON document with its path and depth (the document's is 1); a
+    container's values come after it, so a caller that raises on it never walks below."""
+    stack: list[tuple[Any, tuple[Any, ...], int]] = [(value, (), 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        yield node, path, depth
+        if isinstance(node, dict):
+            stack.extend((v, (*path, k), depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, (*path, i), depth + 1) for i, v in enumerate(node))
+
+
 def check_json(value: Any, raw: bytes) -> None:
     """A parsed body's depth and strings; walks it only when its bytes could break a limit."""
     surrogates = _SURROGATE_ESCAPE.search(raw) is not None
     if not surrogates and raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
         return
-    stack: list[tuple[Any, tuple[Any, ...], int]] = [(value, (), 1)]
-    while stack:
-        node, path, depth = stack.pop()
-        if isinstance(node, dict | list):
-            if depth > MAX_JSON_DEPTH:
-                raise too_deep(path)
-            items = node.items() if isinstance(node, dict) else enumerate(node)
-            for key, item in items:
-                if surrogates and isinstance(key, str):
-                    _check_text(key, path)
-                stack.append((item, (*path, key), depth + 1))
-        elif surrogates and isinstance(node, str):
+    for node, path, depth in _nodes(value):
+        if isinstance(node, dict | list) and depth > MAX_JSON_DEPTH:
+            raise too_deep(path)
+        if surrogates and isinstance(node, str):
             _check_text(node, path)
+        elif surrogates and isinstance(node, dict):
+            for key in node:
+                _check_text(key, path)
 
 
 def check_model(model: str, param: str = "model") -> None:
@@ -101,14 +109,8 @@ def check_params(params: Mapping[str, str]) -> None:
 def check_names(body: dict[str, Any]) -> None:
     """Strings of an admin body: no NUL anywhere (PostgreSQL cannot store one in text), and
     names without control characters and of at most MAX_NAME_CHARS."""
-    stack: list[tuple[Any, tuple[Any, ...]]] = [(body, ())]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, dict):
-            stack.extend((v, (*path, k)) for k, v in node.items())
-        elif isinstance(node, list):
-            stack.extend((v, (*path, i)) for i, v in enumerate(node))
-        elif isinstance(node, str):
+    for node, path, _ in _nodes(body):
+        if isinstance(node, str):
             is_name = bool(path) and path[-1] == "name"
             if "\x00" in node or (is_name and any(c < " " or c == "\x7f" for c in node)):
                 what = "control characters" if is_name else "NUL bytes"
