@@ -35,10 +35,15 @@ GRACE_S = 5.0
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
+def chosen_by_service(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a service chose this status (`_abort` marks every one), rather than gRPC itself:
+    a transport failure, a message over its size limits."""
+    return ERROR_CODE_KEY in dict(exc.trailing_metadata() or ())
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, SluiceError):
-        # Always present, empty or not: it tells the caller that a service chose this status,
-        # rather than gRPC itself (a transport failure, a message over its size limits).
+        # Always present, empty or not (see chosen_by_service).
         metadata: list[tuple[str, str]] = [(ERROR_CODE_KEY, exc.code)]
         if exc.param:
             metadata.append((ERROR_PARAM_KEY, exc.param))

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from services.common.grpc_server import ERROR_CODE_KEY
+from services.common.grpc_server import chosen_by_service
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def transport_failure(exc: grpc.aio.AioRpcError) -> bool:
     """UNAVAILABLE that no server chose (see the module docstring)."""
     if exc.code() != grpc.StatusCode.UNAVAILABLE:
         return False
-    return ERROR_CODE_KEY not in dict(exc.trailing_metadata() or ())
+    return not chosen_by_service(exc)
 
 
 async def with_transport_retries(

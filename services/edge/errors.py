@@ -19,6 +19,7 @@ from services.common.grpc_server import (
     ERROR_PARAM_KEY,
     HTTP_STATUS_KEY,
     RETRY_AFTER_KEY,
+    chosen_by_service,
 )
 
 log = logging.getLogger(__name__)
@@ -165,14 +166,14 @@ def from_validation(exc: ValidationError) -> APIError:
 
 
 def from_grpc(exc: grpc.aio.AioRpcError, service: str) -> APIError:
-    trailing = dict(exc.trailing_metadata() or ())
-    if ERROR_CODE_KEY not in trailing and exc.code() not in _TRANSPORT_STATUSES:
+    if not chosen_by_service(exc) and exc.code() not in _TRANSPORT_STATUSES:
         # No service chose this status: gRPC did (a message over its limits, a broken stream),
         # and its text describes our internals, not the client's request.
         log.warning("%s call failed in gRPC: %s %s", service, exc.code().name, exc.details())
         msg = f"The {service} service had an internal error."
         return APIError(500, msg, type="server_error")
     status, err_type = _GRPC_TO_HTTP.get(exc.code(), (500, "server_error"))
+    trailing = dict(exc.trailing_metadata() or ())
     code = trailing.get(ERROR_CODE_KEY) or None
     param = trailing.get(ERROR_PARAM_KEY) or None
     message = exc.details() or f"{service} failed"
