@@ -106,6 +106,7 @@ def principal_attributes(principal: auth_pb2.Principal) -> dict[str, str]:
 async def _authenticate(
     backends: Backends, request: Request, model: str, *, x_api_key: bool = False
 ) -> auth_pb2.Principal:
+    # Every request that names a model passes here before any wire carries the name.
     check_model(model)
     key = bearer_key(request, x_api_key=x_api_key)
     ip = request_ip(backends, request)

@@ -22,7 +22,6 @@ from services.edge.backends import backends_of
 from services.edge.body import json_object, read_body
 from services.edge.errors import APIError
 from services.edge.governance import Bounds, admit
-from services.edge.limits import check_model
 from services.edge.openai.bounds import (
     FIXED_OVERHEAD_TOKENS,
     MESSAGE_OVERHEAD_TOKENS,
@@ -43,7 +42,6 @@ def anthropic_model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise APIError(400, "model: Field required", param="model")
-    check_model(model)
     name = model.removeprefix(PREFIX)
     if "/" in name or not name.startswith("claude"):
         raise APIError(

@@ -9,7 +9,6 @@ from starlette.responses import Response
 from services.edge.backends import backends_of
 from services.edge.body import json_object, read_body, validate
 from services.edge.errors import APIError
-from services.edge.limits import check_model
 from services.edge.openai import hosted, upstream_chat
 from services.edge.openai.protocol import ChatCompletionRequest
 from services.edge.providers.catalog import is_upstream
@@ -29,7 +28,6 @@ def model_name(body: dict[str, object]) -> str:
         raise APIError(
             400, "'model' must be a non-empty string.", param="model", code="invalid_value"
         )
-    check_model(model)
     return model
 
 
