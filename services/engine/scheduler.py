@@ -177,7 +177,10 @@ class Scheduler:
         if seq.matcher is not None or any(f.matcher is not None for f in seq.followers):
             self._ensure_masks()
         with self.cond:
-            if len(self.waiting) >= self.max_queue:
+            # Sequences waiting for slots that are free now are not queued: the worker thread
+            # has just not moved them yet. Counting them would refuse a request with a slot free.
+            free = sum(s is None for s in self.slots)
+            if len(self.waiting) - free >= self.max_queue:
                 raise QueueFull(
                     "The engine's queue is full; retry shortly.", code="engine_overloaded"
                 )

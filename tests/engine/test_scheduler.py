@@ -94,11 +94,12 @@ def test_cancelled_sequence_frees_its_slot(scheduler: Scheduler, codec: TextCode
 def test_full_queue_is_refused(model_folder: Path, codec: TextCodec) -> None:
     runtime = DecoderRuntime(model_folder, max_batch=1, max_len=256)
     sched = Scheduler(runtime, codec.tokenizer, max_queue=2)
-    # Not started: nothing leaves the queue.
-    sched.submit(make_seq(codec, "a")[0])
-    sched.submit(make_seq(codec, "b")[0])
+    # Not started: nothing moves into the free slot. One sequence waits for that slot and two
+    # wait in the queue behind it; the fourth finds the queue full.
+    for text in "abc":
+        sched.submit(make_seq(codec, text)[0])
     with pytest.raises(ResourceExhausted):
-        sched.submit(make_seq(codec, "c")[0])
+        sched.submit(make_seq(codec, "d")[0])
 
 
 def test_usage_counts_prompt_and_completion(scheduler: Scheduler, codec: TextCodec) -> None:
