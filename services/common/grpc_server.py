@@ -41,20 +41,28 @@ def chosen_by_service(exc: grpc.aio.AioRpcError) -> bool:
     return ERROR_CODE_KEY in dict(exc.trailing_metadata() or ())
 
 
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """The status, details and trailing metadata the error boundary gives an exception: a
+    `SluiceError`'s own, with its code (always present, empty or not: see chosen_by_service),
+    param, retry-after and metadata; anything else INTERNAL with no text of its own."""
+    if not isinstance(exc, SluiceError):
+        return grpc.StatusCode.INTERNAL, "internal error", ()
+    metadata: list[tuple[str, str]] = [(ERROR_CODE_KEY, exc.code)]
+    if exc.param:
+        metadata.append((ERROR_PARAM_KEY, exc.param))
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        metadata.append((RETRY_AFTER_KEY, str(retry_after)))
+    metadata.extend(exc.metadata.items())
+    return exc.grpc_status, exc.message, tuple(metadata)
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    if isinstance(exc, SluiceError):
-        # Always present, empty or not (see chosen_by_service).
-        metadata: list[tuple[str, str]] = [(ERROR_CODE_KEY, exc.code)]
-        if exc.param:
-            metadata.append((ERROR_PARAM_KEY, exc.param))
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            metadata.append((RETRY_AFTER_KEY, str(retry_after)))
-        metadata.extend(exc.metadata.items())
-        context.set_trailing_metadata(tuple(metadata))
-        await context.abort(exc.grpc_status, exc.message)
-    log.exception("unhandled error in RPC", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    code, details, metadata = status_of(exc)
+    if not isinstance(exc, SluiceError):
+        log.exception("unhandled error in RPC", exc_info=exc)
+    context.set_trailing_metadata(metadata)
+    await context.abort(code, details)
 
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -155,14 +163,21 @@ async def start_server(
     return RunningServer(server=server, health=health_servicer, port=port)
 
 
-async def stop_server(running: RunningServer, grace_s: float = GRACE_S, delay_s: float = 0) -> None:
+async def stop_server(
+    running: RunningServer,
+    grace_s: float = GRACE_S,
+    delay_s: float = 0,
+    on_drain: Callable[[], None] | None = None,
+) -> None:
     """Drains: reports NOT_SERVING, keeps serving `delay_s` seconds more so that clients
-    watching health (and balancers probing it) move new calls elsewhere, then refuses new calls
-    and gives those in flight, streams included, `grace_s` seconds to finish before cancelling
-    them."""
+    watching health (and balancers probing it) move new calls elsewhere, then calls `on_drain`
+    (a service ends its long-lived streams there), refuses new calls and gives those in flight,
+    streams included, `grace_s` seconds to finish before cancelling them."""
     await running.health.enter_graceful_shutdown()
     if delay_s > 0:
         await asyncio.sleep(delay_s)
+    if on_drain is not None:
+        on_drain()
     await running.server.stop(grace_s)
 
 
@@ -172,11 +187,13 @@ async def serve(
     service_names: Sequence[str],
     *,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_drain: Callable[[], None] | None = None,
     grace_s: float = GRACE_S,
     delay_s: float = 0,
     tracing: Tracing | None = None,
 ) -> None:
-    """Serves until SIGINT/SIGTERM, then drains (`stop_server`) and calls `on_stop`.
+    """Serves until SIGINT/SIGTERM, then drains (`stop_server`, with `on_drain`) and calls
+    `on_stop`.
 
     A second signal during the drain is ignored: the grace period is the bound.
     """
@@ -194,7 +211,7 @@ async def serve(
         delay_s,
         grace_s,
     )
-    await stop_server(running, grace_s, delay_s)
+    await stop_server(running, grace_s, delay_s, on_drain)
     log.info("stopped %s", ", ".join(service_names))
     if on_stop is not None:
         await on_stop()

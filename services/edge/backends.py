@@ -23,6 +23,7 @@ from services.edge.drain import Drain
 from services.edge.engines import EnginePool, EnginePoolCollector, no_engine_error
 from services.edge.errors import APIError, from_grpc
 from services.edge.leases import Leases
+from services.edge.meter import MeterCalls, MeterStreams
 from services.edge.metrics import EdgeMetrics
 from services.edge.outbox import Outbox, outbox_path
 from services.edge.providers import anthropic, openai
@@ -109,6 +110,11 @@ class Backends:
         metering = self._channel(self.settings.metering_addr)
         self.auth = auth_pb2_grpc.AuthServiceStub(auth)
         self.metering = metering_pb2_grpc.MeteringServiceStub(metering)
+        # Admit and Settle, on every request's latency path, travel as messages on long-lived
+        # streams (services.edge.meter); with tracing on, as unary calls, each with its span.
+        self.meter: MeterCalls = (
+            self.metering if self.tracing.enabled else MeterStreams(self.metering)
+        )
         # Responses of the Responses API that Sluice stores itself (metering keeps them).
         self.responses = metering_pb2_grpc.ResponseStoreServiceStub(metering)
         # One channel per engine, chosen per request by load (services.edge.engines).
@@ -117,7 +123,7 @@ class Backends:
             self.drain,
             interceptors=self.tracing.client_interceptors(),
         )
-        self.settlements = Settlements(self.metering)
+        self.settlements = Settlements(self.meter)
         self.leases = Leases(
             self.metering,
             self.settings.reservation_ttl_s,
@@ -210,6 +216,8 @@ class Backends:
             await asyncio.gather(*list(self.pending), return_exceptions=True)
         await self.leases.close()
         await self.settlements.close(OUTBOX_FLUSH_S)
+        if isinstance(self.meter, MeterStreams):
+            await self.meter.close()
         for provider in self.providers.values():
             await provider.aclose()
         self.credentials.clear()

@@ -281,7 +281,7 @@ class Admission:
         prompt = min(bounds.prompt, context) if context else bounds.prompt
         try:
             resp = await with_transport_retries(
-                backends.metering.Admit,
+                backends.meter.Admit,
                 metering_pb2.AdmitRequest(
                     org_id=principal.org_id,
                     project_id=principal.project_id,

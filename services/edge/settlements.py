@@ -23,8 +23,9 @@ import grpc
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.edge.meter import MeterCalls
 from services.edge.outbox import Outbox
-from services.pb.metering.v1 import metering_pb2, metering_pb2_grpc
+from services.pb.metering.v1 import metering_pb2
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Settlements:
     (`open()` not called, as in tests of routes alone) a settlement that fails its quick
     attempts is logged as lost."""
 
-    def __init__(self, metering: metering_pb2_grpc.MeteringServiceStub) -> None:
+    def __init__(self, metering: MeterCalls) -> None:
         self.metering = metering
         self.outbox: Outbox | None = None
         self._wake = asyncio.Event()

@@ -64,9 +64,15 @@ async def run(settings: Settings, tracing: Tracing | None = None) -> None:
         for sweeper in sweepers:
             sweeper.start()
 
+        servicers = []
+
         def register(server: grpc.aio.Server) -> None:
-            add_to_server(server, ledger)
+            servicers.append(add_to_server(server, ledger))
             responses_servicer.add_to_server(server, store)
+
+        def drain() -> None:
+            for servicer in servicers:
+                servicer.drain()
 
         async def stop_sweepers() -> None:
             for sweeper in sweepers:
@@ -78,6 +84,7 @@ async def run(settings: Settings, tracing: Tracing | None = None) -> None:
                 register,
                 [SERVICE_NAME, responses_servicer.SERVICE_NAME],
                 on_stop=stop_sweepers,
+                on_drain=drain,
                 grace_s=settings.drain_grace_s,
                 delay_s=settings.drain_delay_s,
                 tracing=tracing,

@@ -7,8 +7,14 @@ statuses in one place.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
 import grpc
 
+from services.common.errors import InvalidArgument, SluiceError
+from services.common.grpc_server import status_of
 from services.common.quota import quota_from_proto, quota_to_proto
 from services.metering.budgets import BudgetState
 from services.metering.ledger import Ledger, UsageRecord, UsageTotal
@@ -17,6 +23,8 @@ from services.metering.ratelimit import RateLimitState
 from services.pb.metering.v1 import metering_pb2, metering_pb2_grpc
 
 SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
+
+log = logging.getLogger(__name__)
 
 
 def encode_record(r: UsageRecord) -> metering_pb2.UsageRecord:
@@ -94,9 +102,75 @@ def encode_budget(b: BudgetState) -> metering_pb2.BudgetState:
     )
 
 
+def call_error(exc: BaseException) -> metering_pb2.CallError:
+    """What the error boundary would make of `exc` on a unary call, as a message."""
+    code, details, trailers = status_of(exc)
+    return metering_pb2.CallError(
+        code=code.value[0],
+        message=details,
+        trailers=[metering_pb2.Trailer(key=k, value=v) for k, v in trailers],
+    )
+
+
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
+        # The readers of the open Meter streams, which drain() stops.
+        self._readers: set[asyncio.Task[None]] = set()
+
+    def drain(self) -> None:
+        """Stops reading every open Meter stream: what was read is answered, then each ends."""
+        for reader in self._readers:
+            reader.cancel()
+
+    async def Meter(
+        self,
+        request_iterator: AsyncIterator[metering_pb2.MeterCall],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[metering_pb2.MeterReply]:
+        replies: asyncio.Queue[metering_pb2.MeterReply | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(call: metering_pb2.MeterCall) -> None:
+            reply = metering_pb2.MeterReply(id=call.id)
+            try:
+                if call.HasField("admit"):
+                    reply.admit.CopyFrom(await self.Admit(call.admit, context))
+                elif call.HasField("settle"):
+                    reply.settle.CopyFrom(await self.Settle(call.settle, context))
+                else:
+                    raise InvalidArgument("a MeterCall names no call")
+            except Exception as exc:  # noqa: BLE001 - this is the call's error boundary
+                if not isinstance(exc, SluiceError):
+                    log.exception("unhandled error in a Meter call", exc_info=exc)
+                reply.error.CopyFrom(call_error(exc))
+            replies.put_nowait(reply)
+
+        async def read() -> None:
+            try:
+                async for call in request_iterator:
+                    task = asyncio.create_task(answer(call))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            except asyncio.CancelledError:
+                pass  # drain(): what was read is still answered
+            finally:
+                # Done reading: a drain from now on must not cancel the wait below.
+                self._readers.discard(reader)
+                if running:
+                    await asyncio.wait(set(running))
+                replies.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        self._readers.add(reader)
+        try:
+            while (reply := await replies.get()) is not None:
+                yield reply
+        finally:
+            self._readers.discard(reader)
+            reader.cancel()
+            for task in running:
+                task.cancel()
 
     async def Admit(
         self, request: metering_pb2.AdmitRequest, context: grpc.aio.ServicerContext
@@ -232,5 +306,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         return metering_pb2.GetBudgetsResponse(budgets=[encode_budget(b) for b in states])
 
 
-def add_to_server(server: grpc.aio.Server, ledger: Ledger) -> None:
-    metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(ledger), server)
+def add_to_server(server: grpc.aio.Server, ledger: Ledger) -> MeteringServicer:
+    servicer = MeteringServicer(ledger)
+    metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server)
+    return servicer
