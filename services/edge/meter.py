@@ -34,23 +34,26 @@ LANES = 4
 MAX_AGE_S = 60.0
 
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _error(
+    code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str], ...] = ()
+) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details)
+
+
 def transport_error(details: str) -> grpc.aio.AioRpcError:
     """An UNAVAILABLE that no service chose: retried by `with_transport_retries`."""
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details
-    )
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
+    return _error(grpc.StatusCode.UNAVAILABLE, details)
 
 
 def rpc_error(error: metering_pb2.CallError) -> grpc.aio.AioRpcError:
     """The error a unary call would have raised, from its `CallError`."""
-    return grpc.aio.AioRpcError(
+    return _error(
         _CODES.get(error.code, grpc.StatusCode.UNKNOWN),
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata(*((t.key, t.value) for t in error.trailers)),
         error.message,
+        tuple((t.key, t.value) for t in error.trailers),
     )
 
 
@@ -133,7 +136,7 @@ class MeterStreams:
     ) -> metering_pb2.AdmitResponse:
         if self.unary:
             return await self._stub.Admit(request, timeout=timeout)
-        reply = await self._call(metering_pb2.MeterCall(id=next(self._ids), admit=request), timeout)
+        reply = await self._call(metering_pb2.MeterCall(admit=request), timeout)
         return reply.admit
 
     async def Settle(
@@ -143,25 +146,19 @@ class MeterStreams:
     ) -> metering_pb2.SettleResponse:
         if self.unary:
             return await self._stub.Settle(request, timeout=timeout)
-        reply = await self._call(
-            metering_pb2.MeterCall(id=next(self._ids), settle=request), timeout
-        )
+        reply = await self._call(metering_pb2.MeterCall(settle=request), timeout)
         return reply.settle
 
     async def _call(
         self, call: metering_pb2.MeterCall, timeout_s: float
     ) -> metering_pb2.MeterReply:
+        call.id = next(self._ids)
         lane = self._lane()
         future = lane.send(call)
         try:
             reply = await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                "Deadline Exceeded",
-            ) from None
+            raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         except grpc.aio.AioRpcError:
             # Retried by the caller: on unary calls if the replica does not know Meter.
             self.unary = self.unary or lane.unimplemented
@@ -185,10 +182,8 @@ class MeterStreams:
     def _retire(self, lane: _Lane) -> None:
         self.unary = self.unary or lane.unimplemented
         lane.close()
-        if not lane.broken:
-            self._retired.add(lane)
-        # Retired lanes that have since ended are forgotten.
-        self._retired = {r for r in self._retired if not r.broken}
+        # Kept until it has ended (its last calls answered), then forgotten.
+        self._retired = {r for r in (*self._retired, lane) if not r.broken}
 
     async def close(self) -> None:
         lanes = [lane for lane in (*self._lanes, *self._retired) if lane is not None]

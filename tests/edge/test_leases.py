@@ -11,14 +11,11 @@ from typing import Any
 import grpc
 import pytest
 
-from services.common.db import create_engine, migrate
-from services.common.grpc_server import start_server
 from services.edge import leases as module
 from services.edge.leases import MIN_INTERVAL_S, Leases
 from services.metering.ledger import Ledger
-from services.metering.main import MIGRATIONS, VERSION_TABLE
-from services.metering.servicer import SERVICE_NAME, add_to_server
 from services.pb.metering.v1 import metering_pb2, metering_pb2_grpc
+from tests.edge.metering_server import serve_metering
 from tests.edge.polling import until
 
 NOW = 1_750_000_000.0
@@ -100,13 +97,8 @@ def test_nothing_to_renew_without_a_reservation() -> None:
 
 @pytest.fixture
 async def metering(sqlite_url: str) -> AsyncIterator[tuple[Ledger, str]]:
-    engine = create_engine(sqlite_url)
-    await migrate(engine, MIGRATIONS, VERSION_TABLE)
-    ledger = Ledger(engine, reservation_ttl_s=0.6)
-    running = await start_server("127.0.0.1:0", lambda s: add_to_server(s, ledger), [SERVICE_NAME])
-    yield ledger, f"127.0.0.1:{running.port}"
-    await running.server.stop(0)
-    await engine.dispose()
+    async with serve_metering(sqlite_url, reservation_ttl_s=0.6) as m:
+        yield m.ledger, m.addr
 
 
 async def test_a_renewed_reservation_outlives_its_lifetime(

@@ -7,36 +7,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import create_engine, migrate
-from services.common.grpc_server import (
-    RunningServer,
-    chosen_by_service,
-    start_server,
-    stop_server,
-)
+from services.common.grpc_server import chosen_by_service, stop_server
 from services.edge import meter as module
 from services.edge.control import transport_failure, with_transport_retries
 from services.edge.meter import MeterStreams
-from services.metering.ledger import Ledger
-from services.metering.main import MIGRATIONS, VERSION_TABLE
-from services.metering.servicer import SERVICE_NAME, MeteringServicer
+from services.metering.servicer import MeteringServicer
 from services.pb.metering.v1 import metering_pb2, metering_pb2_grpc
-
-
-@dataclass
-class Metering:
-    ledger: Ledger
-    running: RunningServer
-    servicer: MeteringServicer
-    stub: metering_pb2_grpc.MeteringServiceStub
-    engine: AsyncEngine
+from tests.edge.metering_server import Metering, serve_metering
 
 
 class WithoutMeter(MeteringServicer):
@@ -45,27 +27,9 @@ class WithoutMeter(MeteringServicer):
     Meter = metering_pb2_grpc.MeteringServiceServicer.Meter  # type: ignore[assignment]
 
 
-async def _serve(url: str, servicer_type: type[MeteringServicer]) -> AsyncIterator[Metering]:
-    engine = create_engine(url)
-    await migrate(engine, MIGRATIONS, VERSION_TABLE)
-    ledger = Ledger(engine, reservation_ttl_s=60)
-    servicer = servicer_type(ledger)
-    running = await start_server(
-        "127.0.0.1:0",
-        lambda s: metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, s),
-        [SERVICE_NAME],
-    )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    stub = metering_pb2_grpc.MeteringServiceStub(channel)
-    yield Metering(ledger, running, servicer, stub, engine)
-    await channel.close()
-    await running.server.stop(0)
-    await engine.dispose()
-
-
 @pytest.fixture
 async def metering(sqlite_url: str) -> AsyncIterator[Metering]:
-    async for m in _serve(sqlite_url, MeteringServicer):
+    async with serve_metering(sqlite_url) as m:
         yield m
 
 
@@ -186,7 +150,7 @@ async def test_a_drain_answers_what_was_read_and_nothing_else(metering: Metering
 
 
 async def test_a_metering_without_meter_is_served_by_unary_calls(sqlite_url: str) -> None:
-    async for old in _serve(sqlite_url, WithoutMeter):
+    async with serve_metering(sqlite_url, WithoutMeter) as old:
         streams = MeterStreams(old.stub)
         try:
             admitted = await with_transport_retries(streams.Admit, admit("r"), timeout_s=10)
