@@ -17,9 +17,6 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-# PostgreSQL connections per engine (per service process); the old pool's ceiling (10 + 20).
-POOL_SIZE = 30
-
 
 def create_engine(url: str) -> AsyncEngine:
     """An async engine; SQLite gets WAL and a busy timeout so several processes can share it."""
@@ -33,10 +30,7 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30}, pool_reset_on_return=None)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    # Up to POOL_SIZE connections, all kept once opened: overflow connections (opened past the
-    # pool's size, closed on return) meant a new connection, its TLS attempt and asyncpg's
-    # set-up for most transactions under load. Beyond it a transaction waits for a connection.
-    return create_async_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
